@@ -1,0 +1,1 @@
+"""sangkien: a workflow engine for the campaign-to-recognition lifecycle of initiatives."""

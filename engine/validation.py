@@ -1,0 +1,204 @@
+"""Semantic checks of a structurally valid workflow: the graph, roles, fields, expressions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sangkien._yaml import Located
+from sangkien.errors import Problem
+from sangkien.expressions import CompiledExpression, ExpressionError, compile_expression
+
+__all__ = ["check_semantics"]
+
+
+def check_semantics(
+    wf: Any, doc: Located
+) -> tuple[dict[str, CompiledExpression], list[Problem]]:
+    """Return the compiled expressions of *wf* and every problem found in it."""
+    return _Checker(wf, doc).run()
+
+
+class _Checker:
+    def __init__(self, wf: Any, doc: Located) -> None:
+        self.wf = wf
+        self.doc = doc
+        self.problems: list[Problem] = []
+        self.expressions: dict[str, CompiledExpression] = {}
+        self.roles = set(wf.role_specs)
+        self.fields = wf.fields
+
+    def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, key=key))
+
+    def warn(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, key=key, warning=True))
+
+    def run(self) -> tuple[dict[str, CompiledExpression], list[Problem]]:
+        self.check_roles()
+        self.check_fields()
+        self.check_states()
+        self.check_start()
+        self.check_transitions()
+        self.check_graph()
+        return self.expressions, self.problems
+
+    # ---------------------------------------------------------------- pieces
+
+    def check_roles(self) -> None:
+        if "system" in self.roles:
+            self.error(("roles",), "role 'system' is reserved for the engine; choose another name")
+
+    def check_fields(self) -> None:
+        for name, spec in self.fields.items():
+            path = ("fields", name)
+            if spec.type == "enum" and not spec.values:
+                self.error(path, f"field {name!r} is an enum and needs 'values'")
+            if spec.values is not None and spec.type != "enum":
+                self.error((*path, "values"), f"'values' only applies to enum fields; {name!r} is {spec.type}")
+            if spec.items is not None and spec.type != "list":
+                self.error((*path, "items"), f"'items' only applies to list fields; {name!r} is {spec.type}")
+            if (spec.min is not None or spec.max is not None) and spec.type not in ("integer", "number"):
+                self.error(path, f"'min'/'max' only apply to integer and number fields; {name!r} is {spec.type}")
+            if spec.min is not None and spec.max is not None and spec.min > spec.max:
+                self.error((*path, "min"), f"field {name!r}: min {spec.min} is greater than max {spec.max}")
+            if spec.pattern is not None and spec.type not in ("string", "text"):
+                self.error((*path, "pattern"), f"'pattern' only applies to string fields; {name!r} is {spec.type}")
+            if spec.default is not None:
+                from sangkien.fields import check_value
+
+                err = check_value(name, spec, spec.default)
+                if err:
+                    self.error((*path, "default"), f"default: {err}")
+
+    def check_states(self) -> None:
+        states = self.wf.states
+        initial = [n for n, s in states.items() if s.initial]
+        if not initial:
+            self.error(("states",), "no initial state; mark exactly one state with 'initial: true'", key=True)
+        for extra in initial[1:]:
+            self.error(("states", extra), f"several initial states ({', '.join(initial)}); "
+                       "exactly one state may have 'initial: true'", key=True)
+        for name, spec in states.items():
+            if spec.initial and spec.final:
+                self.error(("states", name), f"state {name!r} cannot be both initial and final", key=True)
+
+    def check_start(self) -> None:
+        start = self.wf.start
+        for i, role in enumerate(start.roles or []):
+            self._role(("start", "roles", i), role)
+        for i, f in enumerate(start.requires):
+            self._field(("start", "requires", i), f)
+        if start.when:
+            self._expr(("start", "when"), start.when, allow_state=False)
+        for target, expr in start.set.items():
+            self._field(("start", "set", target), target, key=True)
+            self._expr(("start", "set", target), expr, allow_state=False)
+
+    def check_transitions(self) -> None:
+        states = self.wf.states
+        seen: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, t in enumerate(self.wf.transitions):
+            base = ("transitions", i)
+            for j, src in enumerate(t.sources):
+                path = (*base, "from", j) if isinstance(t.source, list) else (*base, "from")
+                if src not in states:
+                    self.error(path, f"transition {t.trigger!r} leaves unknown state {src!r}{_hint(src, states)}")
+                elif states[src].final:
+                    self.error(path, f"final state {src!r} cannot have outgoing transitions "
+                               f"({t.trigger!r}); remove 'final' or the transition")
+                seen[(t.trigger, src)].append(i)
+            if t.to is not None and t.to not in states:
+                self.error((*base, "to"), f"transition {t.trigger!r} enters unknown state {t.to!r}{_hint(t.to, states)}")
+            for j, role in enumerate(t.roles):
+                self._role((*base, "roles", j), role)
+            for j, f in enumerate(t.requires):
+                self._field((*base, "requires", j), f)
+            for j, f in enumerate(t.accepts or []):
+                self._field((*base, "accepts", j), f)
+            if t.when:
+                self._expr((*base, "when"), t.when)
+            for target, expr in t.set.items():
+                self._field((*base, "set", target), target, key=True)
+                self._expr((*base, "set", target), expr)
+        for (trigger, src), idxs in seen.items():
+            if len(idxs) < 2:
+                continue
+            guards = [self.wf.transitions[i].when for i in idxs]
+            unguarded = [i for i, g in zip(idxs, guards, strict=True) if not g]
+            dup = len({g for g in guards if g}) < len([g for g in guards if g])
+            if unguarded or dup:
+                later = idxs[1]
+                self.error(("transitions", later, "trigger"),
+                           f"ambiguous transitions: {trigger!r} from {src!r} is defined "
+                           f"{len(idxs)} times (transitions {', '.join(str(i + 1) for i in idxs)}) "
+                           "without distinct 'when' guards to choose between them")
+
+    def check_graph(self) -> None:
+        states = self.wf.states
+        initial = [n for n, s in states.items() if s.initial]
+        if not initial:
+            return
+        edges: dict[str, set[str]] = defaultdict(set)
+        for t in self.wf.transitions:
+            for src in t.sources:
+                edges[src].add(t.to or src)
+        reached = {initial[0]}
+        todo = [initial[0]]
+        while todo:
+            for nxt in edges[todo.pop()]:
+                if nxt in states and nxt not in reached:
+                    reached.add(nxt)
+                    todo.append(nxt)
+        for name, spec in states.items():
+            if name not in reached:
+                self.error(("states", name), f"state {name!r} is unreachable from the initial "
+                           f"state {initial[0]!r}", key=True)
+            elif not spec.final and not any(t != name for t in edges[name]):
+                self.warn(("states", name), f"state {name!r} is not final but no transition leads "
+                          "out of it", key=True)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _role(self, path: tuple[Any, ...], role: str) -> None:
+        if role != "system" and role not in self.roles:
+            self.error(path, f"role {role!r} is not declared in 'roles'{_hint(role, self.roles)}")
+
+    def _field(self, path: tuple[Any, ...], name: str, *, key: bool = False) -> None:
+        if name not in self.fields:
+            self.error(path, f"unknown field {name!r}; declare it under 'fields'{_hint(name, self.fields)}",
+                       key=key)
+
+    def _expr(self, path: tuple[Any, ...], source: str, *, allow_state: bool = True) -> None:
+        scope = {"data", "actor", "now", "instance", "input"}
+        if allow_state:
+            scope.add("state_entered_at")
+        if self.wf.parent:
+            scope.add("parent")
+        try:
+            compiled = compile_expression(source, scope)
+        except ExpressionError as exc:
+            line, col = self.doc.text_position(path, exc.line, exc.column)
+            msg = str(exc)
+            if "'parent'" in msg and not self.wf.parent:
+                msg = "expression uses 'parent' but the workflow declares no 'parent' workflow"
+            self.problems.append(Problem(self.doc.file, line, col, msg))
+            return
+        for ref in compiled.field_refs:
+            if ref.parent:
+                continue  # the parent's fields are checked when the parent is known at runtime
+            if ref.name not in self.fields:
+                line, col = self.doc.text_position(path, *compiled.position(ref.offset))
+                self.problems.append(Problem(
+                    self.doc.file, line, col,
+                    f"unknown field {ref.name!r} in expression; declare it under 'fields'"
+                    f"{_hint(ref.name, self.fields)}",
+                ))
+        self.expressions[source] = compiled
+
+
+def _hint(name: str, known: Any) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
