@@ -1,0 +1,3 @@
+from sangkien.cli import main
+
+main()

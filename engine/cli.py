@@ -1,0 +1,506 @@
+"""The ``sangkien`` command line.
+
+Exit status: 0 success, 1 refused or invalid (one line on stderr saying why), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from sangkien.errors import DefinitionError, Problem, SangkienError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """A user-facing failure: one line, exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _fail(message: str) -> NoReturn:
+    raise Failure(message)
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _settings(database_url: str | None, workflows: tuple[str, ...]) -> Any:
+    from sangkien.config import Settings
+
+    try:
+        s = Settings()
+    except Exception as exc:  # pydantic ValidationError on a bad SANGKIEN_* variable
+        _fail(f"invalid SANGKIEN_ setting: {str(exc).splitlines()[0]}")
+    if database_url:
+        s.database_url = database_url
+    if workflows:
+        s.workflows = os.pathsep.join([s.workflows, *workflows]) if s.workflows else os.pathsep.join(workflows)
+    return s
+
+
+def db_options(fn: F) -> F:
+    fn = click.option("--workflows", "-w", "workflows", multiple=True,
+                      help="Extra workflow file or folder (repeatable; env SANGKIEN_WORKFLOWS).")(fn)
+    fn = click.option("--database-url", "database_url", default=None,
+                      help="SQLAlchemy URL (env SANGKIEN_DATABASE_URL; default sqlite:///sangkien.db).")(fn)
+    return fn
+
+
+def actor_options(required: bool) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        fn = click.option("--unit", "unit", default=None, help="Unit the actor belongs to.")(fn)
+        fn = click.option("--role", "roles", multiple=True,
+                          help="Role the actor holds (repeatable, or comma-separated).")(fn)
+        fn = click.option("--actor", "actor_id", required=required, default=None,
+                          help="Id of the person acting.")(fn)
+        return fn
+    return deco
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def _actor(actor_id: str | None, roles: Iterable[str], unit: str | None) -> Any:
+    from sangkien.model import Actor
+
+    if actor_id is None:
+        return None
+    flat = [r.strip() for item in roles for r in item.split(",") if r.strip()]
+    return Actor(actor_id, flat, unit)
+
+
+def _engine(settings: Any, *, migrate: bool | None = None) -> Any:
+    from sangkien.runtime import Engine
+
+    return Engine(settings.database_url, migrate=migrate)
+
+
+def _data(data: str | None, data_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if data_file:
+        try:
+            text = Path(data_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot read {data_file}: {exc.strerror}")
+        data = text
+    if data:
+        try:
+            parsed = json.loads(data)
+        except json.JSONDecodeError as exc:
+            _fail(f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        if not isinstance(parsed, dict):
+            _fail("--data must be a JSON object of field names to values")
+        out.update(parsed)
+    for item in sets:
+        if "=" not in item:
+            _fail(f"--set expects FIELD=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def data_options(fn: F) -> F:
+    fn = click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+                      help="One field (value parsed as JSON, else text); repeatable.")(fn)
+    fn = click.option("--data-file", default=None, help="File holding a JSON object of fields.")(fn)
+    fn = click.option("--data", default=None, help="JSON object of fields.")(fn)
+    return fn
+
+
+def _find_workflow(settings: Any, name: str) -> Any:
+    """Load the workflow file *name* (a path) or the file whose key is *name*."""
+    from sangkien.definition import load_definition
+
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            _fail(f"no such workflow file: {name}")
+        return load_definition(p)
+    candidates: list[Path] = []
+    for base in settings.workflow_paths():
+        if base.is_dir():
+            candidates += sorted(base.glob("*.yaml")) + sorted(base.glob("*.yml"))
+        elif base.is_file():
+            candidates.append(base)
+    best = None
+    for path in candidates:
+        try:
+            d = load_definition(path)
+        except DefinitionError:
+            continue
+        if d.key == name and (best is None or d.version > best.version):
+            best = d
+    return best
+
+
+def _print_instance(inst: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    if as_json:
+        body = inst.to_dict()
+        if extra:
+            body.update(extra)
+        click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{inst.id}  {inst.workflow} v{inst.workflow_version}  state={inst.state}  "
+               f"unit={inst.unit}  version={inst.version}")
+    for k, v in inst.data.items():
+        click.echo(f"  {k}: {json.dumps(v, ensure_ascii=False)}")
+    if extra and extra.get("triggers"):
+        click.echo("  triggers:")
+        for opt in extra["triggers"]:
+            mark = "ok " if opt["allowed"] else "no "
+            why = f"  ({'; '.join(opt['reasons'])})" if opt["reasons"] else ""
+            click.echo(f"    {mark}{opt['trigger']} -> {opt['to_state'] or '(stays)'}{why}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="sangkien")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
+              help="Log format on stderr (env SANGKIEN_LOG_FORMAT).")
+def cli(log_format: str | None) -> None:
+    """sangkien: workflows for initiative campaigns (sáng kiến), from YAML to recognition."""
+    from sangkien.logs import configure_logging
+
+    fmt = log_format or os.environ.get("SANGKIEN_LOG_FORMAT", "auto")
+    if fmt not in ("auto", "json", "console"):
+        fmt = "auto"
+    configure_logging(fmt, os.environ.get("SANGKIEN_LOG_LEVEL", "INFO"))  # type: ignore[arg-type]
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary.")
+def validate(files: tuple[str, ...], quiet: bool) -> None:
+    """Check workflow FILES; print FILE:LINE:COL: error: message per problem."""
+    from sangkien.definition import load_definition
+
+    failed = 0
+    for f in files:
+        problems: list[Problem]
+        try:
+            d = load_definition(f)
+            problems = list(d.warnings)
+        except DefinitionError as exc:
+            problems = exc.problems
+        for p in problems:
+            click.echo(str(p))
+        errors = sum(1 for p in problems if p.severity == "error")
+        if errors:
+            failed += 1
+        elif not quiet:
+            click.echo(f"{f}: ok", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the workflow language (for editors)."""
+    from sangkien.definition import workflow_json_schema
+
+    click.echo(json.dumps(workflow_json_schema(), ensure_ascii=False, indent=2))
+
+
+@cli.command()
+@click.argument("workflow")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid")
+@click.option("--lang", default="vi", help="Label language (vi or en).")
+@db_options
+def diagram(workflow: str, fmt: str, lang: str, database_url: str | None,
+            workflows: tuple[str, ...]) -> None:
+    """Draw WORKFLOW (a file or a key) as Mermaid or Graphviz DOT."""
+    from sangkien.diagram import to_dot, to_mermaid
+
+    d = _find_workflow(_settings(database_url, workflows), workflow)
+    if d is None:
+        _fail(f"no workflow {workflow!r} found")
+    click.echo(to_mermaid(d, lang) if fmt == "mermaid" else to_dot(d, lang), nl=False)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@db_options
+def db_upgrade(revision: str, database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Apply schema migrations."""
+    from sangkien.store.db import create_db_engine, current_revision, upgrade
+
+    s = _settings(database_url, workflows)
+    engine = create_db_engine(s.database_url)
+    try:
+        upgrade(engine, revision)
+        click.echo(f"database at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@db.command("current")
+@db_options
+def db_current(database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Print the database's schema revision."""
+    from sangkien.store.db import create_db_engine, current_revision, head_revision
+
+    s = _settings(database_url, workflows)
+    engine = create_db_engine(s.database_url)
+    try:
+        cur = current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"{cur or 'empty'} (head {head_revision()})")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@db_options
+def publish(files: tuple[str, ...], database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Register workflow FILES so instances can start on them."""
+    from sangkien.definition import load_definition
+
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        for f in files:
+            d = engine.register(load_definition(f))
+            click.echo(f"{d.key} v{d.version} {d.content_hash[:12]} published")
+    finally:
+        engine.close()
+
+
+@cli.command()
+@click.argument("workflow")
+@actor_options(required=True)
+@data_options
+@click.option("--parent", default=None, help="Id of the parent instance (e.g. the campaign).")
+@click.option("--ref", "external_ref", default=None, help="Reference in the host system.")
+@click.option("--comment", default=None)
+@click.option("--idempotency-key", default=None)
+@click.option("--in-unit", "in_unit", default=None, help="Unit of the new instance (default: --unit).")
+@json_option
+@db_options
+def start(workflow: str, actor_id: str, roles: tuple[str, ...], unit: str | None,
+          data: str | None, data_file: str | None, sets: tuple[str, ...], parent: str | None,
+          external_ref: str | None, comment: str | None, idempotency_key: str | None,
+          in_unit: str | None, as_json: bool, database_url: str | None,
+          workflows: tuple[str, ...]) -> None:
+    """Start an instance of WORKFLOW (a key or a YAML file)."""
+    s = _settings(database_url, workflows)
+    values = _data(data, data_file, sets)
+    engine = _engine(s)
+    try:
+        d = _find_workflow(s, workflow)
+        if d is not None:
+            engine.register(d)
+            key = d.key
+        else:
+            key = workflow
+        inst = engine.start(key, actor=_actor(actor_id, roles, unit), unit=in_unit, data=values,
+                            parent=parent, external_ref=external_ref, comment=comment,
+                            idempotency_key=idempotency_key)
+    finally:
+        engine.close()
+    _print_instance(inst, as_json)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.argument("trigger")
+@actor_options(required=True)
+@data_options
+@click.option("--comment", default=None, help="Reason or note recorded in history.")
+@click.option("--idempotency-key", default=None)
+@click.option("--expected-version", type=int, default=None,
+              help="Refuse if the instance changed since this version.")
+@json_option
+@db_options
+def fire(instance_id: str, trigger: str, actor_id: str, roles: tuple[str, ...],
+         unit: str | None, data: str | None, data_file: str | None, sets: tuple[str, ...],
+         comment: str | None, idempotency_key: str | None, expected_version: int | None,
+         as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Fire TRIGGER on INSTANCE_ID as the given actor."""
+    s = _settings(database_url, workflows)
+    values = _data(data, data_file, sets)
+    engine = _engine(s)
+    try:
+        inst = engine.fire(instance_id, trigger, actor=_actor(actor_id, roles, unit),
+                           data=values, comment=comment, idempotency_key=idempotency_key,
+                           expected_version=expected_version)
+    finally:
+        engine.close()
+    _print_instance(inst, as_json)
+
+
+@cli.command()
+@click.argument("instance_id")
+@actor_options(required=False)
+@json_option
+@db_options
+def show(instance_id: str, actor_id: str | None, roles: tuple[str, ...], unit: str | None,
+         as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Show an instance; with --actor, also the triggers that actor may fire now."""
+    engine = _engine(_settings(database_url, workflows))
+    actor = _actor(actor_id, roles, unit)
+    try:
+        inst = engine.get(instance_id, actor=actor)
+        extra = None
+        if actor is not None:
+            extra = {"triggers": [o.to_dict() for o in engine.available(instance_id, actor=actor)]}
+    finally:
+        engine.close()
+    _print_instance(inst, as_json, extra)
+
+
+@cli.command()
+@click.argument("instance_id")
+@actor_options(required=True)
+@json_option
+@db_options
+def triggers(instance_id: str, actor_id: str, roles: tuple[str, ...], unit: str | None,
+             as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """List the triggers the actor may fire now, with the reason for each refused one."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        options = engine.available(instance_id, actor=_actor(actor_id, roles, unit))
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps([o.to_dict() for o in options], ensure_ascii=False, indent=2))
+        return
+    for o in options:
+        why = f"  ({'; '.join(o.reasons)})" if o.reasons else ""
+        click.echo(f"{'ok' if o.allowed else 'no'}  {o.trigger} -> {o.to_state or '(stays)'}{why}")
+
+
+@cli.command()
+@click.argument("instance_id")
+@json_option
+@db_options
+def history(instance_id: str, as_json: bool, database_url: str | None,
+            workflows: tuple[str, ...]) -> None:
+    """Print an instance's history, oldest first."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        events = engine.history(instance_id)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in events], ensure_ascii=False, indent=2))
+        return
+    for e in events:
+        move = f"{e.from_state or '-'} -> {e.to_state}"
+        note = f"  “{e.comment}”" if e.comment else ""
+        click.echo(f"{e.seq:>3}  {e.at:%Y-%m-%d %H:%M:%S}  {e.kind:<10} {e.trigger or '':<18} "
+                   f"{move:<40} by {e.actor_id}{note}")
+
+
+@cli.command("list")
+@click.option("--workflow", default=None)
+@click.option("--state", default=None)
+@click.option("--unit", default=None)
+@click.option("--parent", default=None)
+@click.option("--after", default=None, help="Cursor: the last id of the previous page.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@db_options
+def list_(workflow: str | None, state: str | None, unit: str | None, parent: str | None,
+          after: str | None, limit: int, as_json: bool, database_url: str | None,
+          workflows: tuple[str, ...]) -> None:
+    """List instances."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        items = engine.list(workflow=workflow, state=state, unit=unit, parent=parent,
+                            after=after, limit=limit)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps([i.to_dict() for i in items], ensure_ascii=False, indent=2))
+        return
+    for i in items:
+        title = i.data.get("title", "")
+        click.echo(f"{i.id}  {i.workflow:<12} {i.state:<22} {i.unit:<16} {title}")
+
+
+@cli.command()
+@click.argument("instance_id", required=False)
+@db_options
+def verify(instance_id: str | None, database_url: str | None, workflows: tuple[str, ...]) -> None:
+    """Verify the hash chains of the history (one instance or all); exit 1 on tampering."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        breaks = engine.verify(instance_id)
+    finally:
+        engine.close()
+    for b in breaks:
+        click.echo(str(b))
+    if breaks:
+        _fail(f"history tampered: {len(breaks)} problem(s) found")
+    click.echo("history verified: every chain intact")
+
+
+@cli.command()
+@click.option("--lang", default="vi", help="Label language (vi or en).")
+@click.option("--keep", "keep", default=None, type=click.Path(dir_okay=False),
+              help="Keep the demo database at this path instead of a temporary file.")
+def demo(lang: str, keep: str | None) -> None:
+    """Run a campaign and a few initiatives through their lifecycle on a temporary database."""
+    from sangkien.demo import run_demo
+
+    run_demo(lang=lang, keep=keep, echo=click.echo)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: never a traceback for a user error."""
+    try:
+        cli.main(args=argv, prog_name="sangkien", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(1) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except DefinitionError as exc:
+        for p in exc.problems:
+            click.echo(str(p), err=True)
+        raise SystemExit(1) from None
+    except SangkienError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # last resort: one line, the details only on request
+        if os.environ.get("SANGKIEN_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
+                   "(set SANGKIEN_DEBUG=1 for details)", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""structlog setup for the command line and servers (libraries embedding us keep theirs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+__all__ = ["configure_logging"]
+
+_SECRET_KEYS = ("password", "secret", "token", "api_key", "authorization")
+
+
+def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(
+    fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO", stream: object = None
+) -> None:
+    """Log one line per event to *stream* (stderr): console in a terminal, JSON otherwise."""
+    out = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(ensure_ascii=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,844 @@
+"""The Engine: start instances, fire triggers, read state and history.
+
+Every change is one database transaction: read the instance, authorize and check the
+transition, write the instance with an optimistic-lock version check, append the
+hash-chained history event. Everything it causes commits or rolls back together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from sangkien.clock import Clock, SystemClock
+from sangkien.definition import Definition, TransitionSpec, load_definition, parse_definition
+from sangkien.errors import (
+    ConcurrencyConflict,
+    DefinitionConflict,
+    IdempotencyKeyReused,
+    InstanceNotFound,
+    InvalidData,
+    SangkienError,
+    StoreError,
+    TransitionNotAllowed,
+    WorkflowNotFound,
+)
+from sangkien.expressions import ExpressionError
+from sangkien.fields import check_data, check_value, normalize
+from sangkien.history import GENESIS, ChainBreak, event_hash, verify_chain
+from sangkien.machine import machine_for
+from sangkien.model import Actor, Event, Instance, TriggerOption
+from sangkien.store import schema as t
+from sangkien.store.db import create_db_engine, ensure_schema
+from sangkien.units import FlatUnits, UnitTree
+
+__all__ = ["Engine", "new_id"]
+
+log = structlog.get_logger("sangkien")
+
+_READ = {"sangkien_read_only": True}
+
+
+def new_id() -> str:
+    """Return a time-ordered UUID (version 7 layout): ids sort by creation time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class Engine:
+    """Run workflow instances against a database.
+
+    *database* is a SQLAlchemy URL, an ``Engine``, or a ``Connection``. Given a connection
+    that is already in a transaction, the engine works inside it and never commits: the
+    host's own writes and the transition commit or roll back together.
+
+    *migrate* applies the schema migrations on start; it defaults to on for SQLite (the
+    embedded default) and off elsewhere, where ``sangkien db upgrade`` is run on deploy.
+    """
+
+    def __init__(
+        self,
+        database: str | sa.Engine | sa.Connection = "sqlite:///sangkien.db",
+        *,
+        workflows: Iterable[Definition | str | Path] = (),
+        clock: Clock | None = None,
+        units: UnitTree | None = None,
+        migrate: bool | None = None,
+    ) -> None:
+        self._conn: sa.Connection | None = None
+        self._owns_engine = False
+        if isinstance(database, str):
+            self._db = create_db_engine(database)
+            self._owns_engine = True
+        elif isinstance(database, sa.Connection):
+            self._conn = database
+            self._db = database.engine
+        else:
+            self._db = database
+        self.clock: Clock = clock or SystemClock()
+        self.units: UnitTree = units or FlatUnits()
+        self._defs: dict[tuple[str, int], Definition] = {}
+        self._latest: dict[str, Definition] = {}
+        self._uses_parent: dict[tuple[str, int], bool] = {}
+        if migrate is None:
+            migrate = self._db.dialect.name == "sqlite"
+        try:
+            if self._conn is None:
+                ensure_schema(self._db, migrate=migrate)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+        for wf in workflows:
+            self.register(wf)
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect.name
+
+    def close(self) -> None:
+        """Release the connection pool (only if this Engine created it)."""
+        if self._owns_engine:
+            self._db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        try:
+            if self._conn is not None:
+                if self._conn.in_transaction():
+                    yield self._conn
+                else:
+                    with self._conn.begin():
+                        yield self._conn
+            else:
+                with self._db.begin() as conn:
+                    yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        try:
+            if self._conn is not None:
+                yield self._conn
+            else:
+                with self._db.connect() as conn:
+                    conn = conn.execution_options(**_READ)
+                    yield conn
+                    conn.rollback()
+        except sa.exc.SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+
+    # ------------------------------------------------------------------ definitions
+
+    def register(self, workflow: Definition | str | Path) -> Definition:
+        """Publish a workflow definition (a :class:`Definition` or a YAML path).
+
+        The same key and version with different content is refused while instances use
+        it: they must keep the rules they started with. Bump ``version`` instead.
+        """
+        definition = workflow if isinstance(workflow, Definition) else load_definition(workflow)
+        key, version = definition.key, definition.version
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(t.definitions.c.content_hash).where(
+                    t.definitions.c.key == key, t.definitions.c.version == version
+                )
+            ).first()
+            if row is None:
+                conn.execute(
+                    t.definitions.insert().values(
+                        key=key, version=version, content_hash=definition.content_hash,
+                        source=definition.source, registered_at=self.clock.now(),
+                    )
+                )
+            elif row.content_hash != definition.content_hash:
+                used = conn.execute(
+                    sa.select(sa.func.count()).select_from(t.instances).where(
+                        t.instances.c.workflow == key, t.instances.c.workflow_version == version
+                    )
+                ).scalar_one()
+                if used:
+                    raise DefinitionConflict(
+                        f"{definition.file}: workflow {key!r} version {version} changed but "
+                        f"{used} instance(s) already run on version {version}; bump 'version' "
+                        f"to {self._next_version(conn, key)} to publish the change (instances keep "
+                        "the version they started with)"
+                    )
+                conn.execute(
+                    t.definitions.update()
+                    .where(t.definitions.c.key == key, t.definitions.c.version == version)
+                    .values(content_hash=definition.content_hash, source=definition.source,
+                            registered_at=self.clock.now())
+                )
+        self._defs[(key, version)] = definition
+        current = self._latest.get(key)
+        if current is None or current.version <= version:
+            self._latest[key] = definition
+        return definition
+
+    def _next_version(self, conn: sa.Connection, key: str) -> int:
+        top = conn.execute(
+            sa.select(sa.func.max(t.definitions.c.version)).where(t.definitions.c.key == key)
+        ).scalar_one()
+        return int(top or 0) + 1
+
+    def definition(self, key: str, version: int | None = None) -> Definition:
+        """Return a registered definition (the newest version if *version* is None)."""
+        if version is None:
+            if key in self._latest:
+                return self._latest[key]
+            with self._read() as conn:
+                version = conn.execute(
+                    sa.select(sa.func.max(t.definitions.c.version)).where(t.definitions.c.key == key)
+                ).scalar_one()
+            if version is None:
+                known = ", ".join(sorted(self._latest)) or "none registered"
+                raise WorkflowNotFound(f"no workflow {key!r} (known: {known})")
+        found = self._defs.get((key, version))
+        if found is not None:
+            return found
+        with self._read() as conn:
+            return self._load_definition(conn, key, version)
+
+    def _load_definition(self, conn: sa.Connection, key: str, version: int) -> Definition:
+        found = self._defs.get((key, version))
+        if found is not None:
+            return found
+        row = conn.execute(
+            sa.select(t.definitions.c.source).where(
+                t.definitions.c.key == key, t.definitions.c.version == version
+            )
+        ).first()
+        if row is None:
+            raise WorkflowNotFound(f"workflow {key!r} version {version} is not registered")
+        definition = parse_definition(row.source, f"<stored {key} v{version}>")
+        self._defs[(key, version)] = definition
+        return definition
+
+    def workflows(self) -> list[Definition]:
+        """Definitions registered through this Engine (newest version of each key)."""
+        return [self._latest[k] for k in sorted(self._latest)]
+
+    def _parent_used(self, d: Definition) -> bool:
+        key = (d.key, d.version)
+        used = self._uses_parent.get(key)
+        if used is None:
+            used = self._uses_parent[key] = any(
+                "parent" in e.names for e in d.expressions.values()
+            )
+        return used
+
+    # ------------------------------------------------------------------ start
+
+    def start(
+        self,
+        workflow: str,
+        *,
+        actor: Actor,
+        unit: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        external_ref: str | None = None,
+        comment: str | None = None,
+        idempotency_key: str | None = None,
+        version: int | None = None,
+    ) -> Instance:
+        """Start an instance of *workflow* in *unit* (default: the actor's unit)."""
+        started = time.perf_counter()
+        definition = self.definition(workflow, version)
+        wf = definition.model
+        unit = unit or actor.unit
+        incoming = dict(data or {})
+        if unit is None:
+            raise TransitionNotAllowed(None, "start", ["a unit is required: give unit= or an actor with a unit"])
+        if not actor.is_system and (actor.unit is None or not self.units.covers(actor.unit, unit)):
+            raise TransitionNotAllowed(None, "start", [
+                f"your unit {actor.unit!r} does not cover unit {unit!r}"])
+        request = {"op": "start", "workflow": workflow, "unit": unit, "data": incoming,
+                   "parent": parent, "external_ref": external_ref, "comment": comment}
+        with self._write() as conn:
+            if idempotency_key:
+                replay = self._replay(conn, actor, idempotency_key, request)
+                if replay is not None:
+                    return replay
+            reasons: list[str] = []
+            parent_row = None
+            if wf.parent and parent is None:
+                reasons.append(f"workflow {workflow!r} instances belong to a {wf.parent!r}; give parent=")
+            if parent is not None:
+                parent_row = conn.execute(
+                    sa.select(t.instances).where(t.instances.c.id == parent)
+                ).first()
+                if parent_row is None:
+                    raise InstanceNotFound(parent)
+                if wf.parent != parent_row.workflow:
+                    reasons.append(f"parent {parent!r} is a {parent_row.workflow!r}; "
+                                   f"{workflow!r} instances belong to {wf.parent or 'no parent'}")
+                elif not self.units.covers(parent_row.unit, unit):
+                    reasons.append(f"parent {parent!r} belongs to unit {parent_row.unit!r}, "
+                                   f"which does not cover unit {unit!r}")
+            starters = definition.starter_roles
+            roles = set(actor.roles) | set(starters)
+            allowed = wf.start.roles
+            if allowed is not None and not actor.is_system and not roles & set(allowed):
+                reasons.append(f"role {' or '.join(allowed)} required to start; you have "
+                               f"{', '.join(sorted(actor.roles)) or 'no role'}")
+            defaults = {n: f.default for n, f in wf.fields.items() if f.default is not None}
+            given, errors = check_data(wf.fields, incoming)
+            reasons.extend(errors)
+            if reasons:
+                raise _refusal(None, "start", reasons, errors)
+            values = {**{k: normalize(wf.fields[k], v) for k, v in defaults.items()}, **given}
+            now = self.clock.now()
+            iid = new_id()
+            instance_view = {
+                "id": iid, "workflow": workflow, "version": definition.version,
+                "state": definition.initial_state, "unit": unit, "created_by": actor.id,
+                "external_ref": external_ref, "parent_id": parent,
+            }
+            scope = _Scope(definition, values, incoming, actor, now, None, instance_view,
+                           _parent_view(parent_row) if parent_row is not None else None)
+            if wf.start.when:
+                reasons.extend(scope.guard(wf.start.when))
+            reasons.extend(scope.apply_set(wf.start.set, values))
+            for f in wf.start.requires:
+                if _empty(values.get(f)):
+                    reasons.append(f"field {f!r} is required to start")
+            reasons.extend(_missing_required(wf.fields, values))
+            if reasons:
+                raise TransitionNotAllowed(None, "start", reasons)
+            state = definition.initial_state
+            roles_list = sorted(actor.roles)
+            h = event_hash(
+                prev_hash=GENESIS, instance_id=iid, seq=1, kind="started", trigger=None,
+                from_state=None, to_state=state, actor_id=actor.id, actor_roles=roles_list,
+                actor_unit=actor.unit, at=now, data_delta=values, comment=comment,
+            )
+            conn.execute(t.instances.insert().values(
+                id=iid, workflow=workflow, workflow_version=definition.version, state=state,
+                state_entered_at=now, data=values, unit=unit, parent_id=parent,
+                external_ref=external_ref, created_by=actor.id, created_at=now, updated_at=now,
+                version=1, last_seq=1, last_hash=h,
+            ))
+            conn.execute(t.events.insert().values(
+                instance_id=iid, seq=1, kind="started", trigger=None, from_state=None,
+                to_state=state, actor_id=actor.id, actor_roles=roles_list,
+                actor_unit=actor.unit, at=now, data_delta=values, comment=comment,
+                prev_hash=GENESIS, hash=h,
+            ))
+            instance = Instance(iid, workflow, definition.version, state, now, values, unit,
+                                parent, external_ref, actor.id, now, now, 1)
+            if idempotency_key:
+                self._remember(conn, actor, idempotency_key, request, instance, now)
+        log.info("instance.started", instance_id=iid, workflow=workflow, state=state,
+                 unit=unit, actor=actor.id,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        return instance
+
+    # ------------------------------------------------------------------ fire
+
+    def fire(
+        self,
+        instance_id: str,
+        trigger: str,
+        *,
+        actor: Actor,
+        data: Mapping[str, Any] | None = None,
+        comment: str | None = None,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+    ) -> Instance:
+        """Fire *trigger* on an instance as *actor*; return the instance after it.
+
+        Raises :class:`TransitionNotAllowed` (with the rule that refused it),
+        :class:`InstanceNotFound` (also for instances outside the actor's units) or
+        :class:`ConcurrencyConflict` (another writer changed it first).
+        """
+        started = time.perf_counter()
+        incoming = dict(data or {})
+        request = {"op": "fire", "instance": instance_id, "trigger": trigger,
+                   "data": incoming, "comment": comment}
+        with self._write() as conn:
+            if idempotency_key:
+                replay = self._replay(conn, actor, idempotency_key, request)
+                if replay is not None:
+                    return replay
+            row = conn.execute(
+                sa.select(t.instances).where(t.instances.c.id == instance_id)
+            ).first()
+            if row is None or not self._visible(actor, row.unit):
+                raise InstanceNotFound(instance_id)
+            if expected_version is not None and row.version != expected_version:
+                raise ConcurrencyConflict(instance_id, expected_version, row.state)
+            definition = self._load_definition(conn, row.workflow, row.workflow_version)
+            parent = None
+            if row.parent_id is not None and self._parent_used(definition):
+                parent = conn.execute(
+                    sa.select(t.instances).where(t.instances.c.id == row.parent_id)
+                ).first()
+            now = self.clock.now()
+            ctx = _FireContext(definition, row, parent, actor, incoming, comment, now)
+            machine = machine_for(definition)
+            new_state = machine.fire(row.state, trigger, ctx)
+            if new_state is None or ctx.chosen is None:
+                raise _refusal(instance_id, trigger, ctx.refusals(machine, row.state, trigger),
+                               ctx.data_errors)
+            spec = ctx.chosen
+            entered = now if spec.to is not None else row.state_entered_at
+            seq = row.last_seq + 1
+            roles_list = sorted(actor.roles)
+            kind = "transition" if spec.to is not None else "action"
+            h = event_hash(
+                prev_hash=row.last_hash, instance_id=instance_id, seq=seq, kind=kind,
+                trigger=trigger, from_state=row.state, to_state=new_state, actor_id=actor.id,
+                actor_roles=roles_list, actor_unit=actor.unit, at=now, data_delta=ctx.delta,
+                comment=comment,
+            )
+            result = conn.execute(
+                t.instances.update()
+                .where(t.instances.c.id == instance_id, t.instances.c.version == row.version)
+                .values(state=new_state, state_entered_at=entered, data=ctx.new_data,
+                        version=row.version + 1, last_seq=seq, last_hash=h, updated_at=now)
+            )
+            if result.rowcount != 1:
+                current = conn.execute(
+                    sa.select(t.instances.c.state).where(t.instances.c.id == instance_id)
+                ).scalar()
+                raise ConcurrencyConflict(instance_id, row.version, current)
+            conn.execute(t.events.insert().values(
+                instance_id=instance_id, seq=seq, kind=kind, trigger=trigger,
+                from_state=row.state, to_state=new_state, actor_id=actor.id,
+                actor_roles=roles_list, actor_unit=actor.unit, at=now, data_delta=ctx.delta,
+                comment=comment, prev_hash=row.last_hash, hash=h,
+            ))
+            instance = Instance(
+                instance_id, row.workflow, row.workflow_version, new_state, entered,
+                ctx.new_data, row.unit, row.parent_id, row.external_ref, row.created_by,
+                row.created_at, now, row.version + 1,
+            )
+            if idempotency_key:
+                self._remember(conn, actor, idempotency_key, request, instance, now)
+        log.info("transition", instance_id=instance_id, workflow=row.workflow,
+                 trigger=trigger, from_state=row.state, to_state=new_state, actor=actor.id,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        return instance
+
+    def available(self, instance_id: str, *, actor: Actor) -> list[TriggerOption]:
+        """Triggers leaving the instance's state, each allowed or refused with reasons.
+
+        Data-dependent checks (fields sent with the action, comments) are left to
+        :meth:`fire`; a guard that needs such data is reported as allowed.
+        """
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.instances).where(t.instances.c.id == instance_id)).first()
+            if row is None or not self._visible(actor, row.unit):
+                raise InstanceNotFound(instance_id)
+            definition = self._load_definition(conn, row.workflow, row.workflow_version)
+            parent = None
+            if row.parent_id is not None and self._parent_used(definition):
+                parent = conn.execute(
+                    sa.select(t.instances).where(t.instances.c.id == row.parent_id)
+                ).first()
+        now = self.clock.now()
+        machine = machine_for(definition)
+        by_trigger: dict[str, TriggerOption] = {}
+        for spec in machine.candidates(row.state):
+            ctx = _FireContext(definition, row, parent, actor, {}, None, now, probe=True)
+            ok = ctx.check(spec)
+            label = _label(spec.label)
+            option = TriggerOption(spec.trigger, spec.to, ok, tuple(ctx.reasons), label)
+            prev = by_trigger.get(spec.trigger)
+            if prev is None or (option.allowed and not prev.allowed):
+                by_trigger[spec.trigger] = option
+            elif not prev.allowed and not option.allowed:
+                by_trigger[spec.trigger] = TriggerOption(
+                    spec.trigger, prev.to_state, False, prev.reasons + option.reasons, prev.label
+                )
+        return list(by_trigger.values())
+
+    # ------------------------------------------------------------------ reads
+
+    def _visible(self, actor: Actor | None, unit: str) -> bool:
+        if actor is None or actor.is_system:
+            return True
+        return actor.unit is not None and self.units.covers(actor.unit, unit)
+
+    def get(self, instance_id: str, *, actor: Actor | None = None) -> Instance:
+        """Return an instance; outside *actor*'s units it does not exist."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.instances).where(t.instances.c.id == instance_id)).first()
+        if row is None or not self._visible(actor, row.unit):
+            raise InstanceNotFound(instance_id)
+        return _instance(row)
+
+    def list(
+        self,
+        *,
+        workflow: str | None = None,
+        state: str | None = None,
+        unit: str | None = None,
+        parent: str | None = None,
+        actor: Actor | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Instance]:
+        """List instances matching the filters, oldest first; page with *after* (an id)."""
+        q = sa.select(t.instances).order_by(t.instances.c.id).limit(max(1, min(limit, 1000)))
+        c = t.instances.c
+        if workflow is not None:
+            q = q.where(c.workflow == workflow)
+        if state is not None:
+            q = q.where(c.state == state)
+        if unit is not None:
+            q = q.where(c.unit == unit)
+        if parent is not None:
+            q = q.where(c.parent_id == parent)
+        if after is not None:
+            q = q.where(c.id > after)
+        post_filter = False
+        if actor is not None and not actor.is_system:
+            if actor.unit is None:
+                return []
+            scope = self.units.subtree(actor.unit)
+            if scope is None:
+                post_filter = True
+            else:
+                q = q.where(c.unit.in_(sorted(scope)))
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        out = [_instance(r) for r in rows]
+        if post_filter:
+            out = [i for i in out if self._visible(actor, i.unit)]
+        return out
+
+    def history(self, instance_id: str, *, actor: Actor | None = None) -> list[Event]:
+        """Return the instance's history, oldest first."""
+        self.get(instance_id, actor=actor)
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.events).where(t.events.c.instance_id == instance_id).order_by(t.events.c.seq)
+            ).all()
+        return [_event(r) for r in rows]
+
+    def verify(self, instance_id: str | None = None) -> list[ChainBreak]:
+        """Check the hash chains of one instance (or all); return every break found."""
+        breaks: list[ChainBreak] = []
+        with self._read() as conn:
+            q = sa.select(t.instances.c.id, t.instances.c.last_seq, t.instances.c.last_hash)
+            if instance_id is not None:
+                q = q.where(t.instances.c.id == instance_id)
+            heads = conn.execute(q.order_by(t.instances.c.id)).all()
+            if instance_id is not None and not heads:
+                raise InstanceNotFound(instance_id)
+            for head in heads:
+                rows = conn.execute(
+                    sa.select(t.events).where(t.events.c.instance_id == head.id).order_by(t.events.c.seq)
+                ).all()
+                rows = [_event(r) for r in rows]
+                breaks.extend(verify_chain(head.id, rows, (head.last_seq, head.last_hash)))
+        return breaks
+
+    # ------------------------------------------------------------------ idempotency
+
+    def _replay(self, conn: sa.Connection, actor: Actor, key: str,
+                request: Mapping[str, Any]) -> Instance | None:
+        row = conn.execute(
+            sa.select(t.idempotency).where(
+                t.idempotency.c.actor_id == actor.id, t.idempotency.c.key == key
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.request_hash != _request_hash(request):
+            raise IdempotencyKeyReused(
+                f"idempotency key {key!r} was already used by {actor.id!r} for a different "
+                "request; use a new key for a new request"
+            )
+        return Instance.from_dict(row.result, replayed=True)
+
+    def _remember(self, conn: sa.Connection, actor: Actor, key: str,
+                  request: Mapping[str, Any], instance: Instance, now: datetime) -> None:
+        conn.execute(t.idempotency.insert().values(
+            actor_id=actor.id, key=key, request_hash=_request_hash(request),
+            instance_id=instance.id, result=instance.to_dict(), created_at=now,
+        ))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _request_hash(request: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_canonical(request).encode()).hexdigest()
+
+
+def _store_error(exc: sa.exc.SQLAlchemyError) -> SangkienError:
+    if isinstance(exc, sa.exc.IntegrityError):
+        text = str(exc.orig)
+        if "sk_events" in text or "instance_id, seq" in text or "sk_idempotency" in text:
+            return StoreError(f"a concurrent writer got there first; retry: {exc.orig}")
+    orig = getattr(exc, "orig", None) or exc
+    message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    low = message.lower()
+    if "readonly" in low or "read-only" in low or "read only" in low:
+        return StoreError(f"the database is read-only: {message}")
+    if "disk" in low and "full" in low:
+        return StoreError(f"the disk holding the database is full: {message}")
+    return StoreError(f"database error: {message}")
+
+
+def _refusal(instance_id: str | None, trigger: str, reasons: list[str],
+             data_errors: list[str]) -> TransitionNotAllowed:
+    if data_errors and len(data_errors) == len(reasons):
+        return InvalidData(instance_id, trigger, reasons)
+    return TransitionNotAllowed(instance_id, trigger, reasons)
+
+
+def _empty(v: Any) -> bool:
+    return v is None or v == "" or v == [] or v == {}
+
+
+def _missing_required(fields: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    return [f"field {n!r} is required" for n, f in fields.items() if f.required and _empty(values.get(n))]
+
+
+def _label(label: Any, lang: str = "vi") -> str | None:
+    if label is None or isinstance(label, str):
+        return label
+    return str(label.get(lang) or next(iter(label.values()), None))
+
+
+def _instance(row: Any) -> Instance:
+    return Instance(
+        row.id, row.workflow, row.workflow_version, row.state, row.state_entered_at,
+        dict(row.data), row.unit, row.parent_id, row.external_ref, row.created_by,
+        row.created_at, row.updated_at, row.version,
+    )
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        row.instance_id, row.seq, row.kind, row.trigger, row.from_state, row.to_state,
+        row.actor_id, tuple(row.actor_roles), row.actor_unit, row.at, dict(row.data_delta),
+        row.comment, row.prev_hash, row.hash,
+    )
+
+
+def _parent_view(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "workflow": row.workflow, "state": row.state, "unit": row.unit,
+            "data": dict(row.data)}
+
+
+class _Scope:
+    """Builds the expression scope lazily and evaluates guards and set effects."""
+
+    def __init__(self, definition: Definition, data: Mapping[str, Any], incoming: Mapping[str, Any],
+                 actor: Actor, now: datetime, entered: datetime | None,
+                 instance: Mapping[str, Any], parent: Mapping[str, Any] | None) -> None:
+        self.definition = definition
+        self.data = data
+        self.incoming = incoming
+        self.actor = actor
+        self.now = now
+        self.entered = entered
+        self.instance = instance
+        self.parent = parent
+        self._built: dict[str, Any] | None = None
+
+    def build(self) -> dict[str, Any]:
+        if self._built is None:
+            d = self.definition
+            scope: dict[str, Any] = {
+                "data": d.coerce_for_cel(self.data),
+                "input": d.coerce_for_cel(self.incoming),
+                "actor": {"id": self.actor.id, "roles": sorted(self.actor.roles),
+                          "unit": self.actor.unit or ""},
+                "now": self.now,
+                "instance": {k: ("" if v is None else v) for k, v in self.instance.items()},
+            }
+            if self.entered is not None:
+                scope["state_entered_at"] = self.entered
+            if self.parent is not None:
+                p = dict(self.parent)
+                try:
+                    pdef_data = p["data"]
+                    p["data"] = {k: _temporal(v) for k, v in pdef_data.items()}
+                except (KeyError, AttributeError):
+                    pass
+                scope["parent"] = p
+            self._built = scope
+        return self._built
+
+    def guard(self, source: str, *, probe: bool = False) -> list[str]:
+        expr = self.definition.expression(source)
+        try:
+            value = expr.evaluate(self.build())
+        except ExpressionError as exc:
+            if probe:
+                return []
+            return [f"guard `{source}` could not be evaluated: {exc}"]
+        if value is not True:
+            return [f"guard `{source}` is not satisfied"]
+        return []
+
+    def apply_set(self, effects: Mapping[str, str], values: dict[str, Any]) -> list[str]:
+        reasons: list[str] = []
+        fields = self.definition.model.fields
+        for target, source in effects.items():
+            try:
+                value = self.definition.expression(source).evaluate(self.build())
+            except ExpressionError as exc:
+                reasons.append(f"set {target}: `{source}` could not be evaluated: {exc}")
+                continue
+            spec = fields[target]
+            value = _from_cel(value, spec.type)
+            err = check_value(target, spec, value)
+            if err:
+                reasons.append(f"set {target}: {err}")
+                continue
+            values[target] = normalize(spec, value)
+            self._built = None  # later effects see earlier ones
+            self.data = values
+        return reasons
+
+
+def _temporal(v: Any) -> Any:
+    if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
+        try:
+            from sangkien.expressions import to_cel
+
+            return to_cel(date.fromisoformat(v))
+        except ValueError:
+            return v
+    return v
+
+
+def _from_cel(value: Any, kind: str) -> Any:
+    if isinstance(value, datetime):
+        if kind == "date":
+            from zoneinfo import ZoneInfo
+
+            return value.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).date()
+        return value
+    return value
+
+
+class _FireContext:
+    """Checks one candidate transition for the machine; remembers why others failed."""
+
+    def __init__(self, definition: Definition, row: Any, parent: Any, actor: Actor,
+                 incoming: Mapping[str, Any], comment: str | None, now: datetime,
+                 *, probe: bool = False) -> None:
+        self.definition = definition
+        self.row = row
+        self.parent = parent
+        self.actor = actor
+        self.incoming = incoming
+        self.comment = comment
+        self.now = now
+        self.probe = probe
+        self.reasons: list[str] = []
+        self.data_errors: list[str] = []
+        self.tried: list[tuple[TransitionSpec, list[str]]] = []
+        self.chosen: TransitionSpec | None = None
+        self.new_data: dict[str, Any] = {}
+        self.delta: dict[str, Any] = {}
+
+    def effective_roles(self) -> set[str]:
+        starters = self.definition.starter_roles
+        roles = set(self.actor.roles) - starters
+        if self.actor.id == self.row.created_by and not self.actor.is_system:
+            roles |= starters
+        return roles
+
+    def check(self, spec: TransitionSpec) -> bool:
+        reasons: list[str] = []
+        roles = self.effective_roles()
+        if not roles & set(spec.roles):
+            have = ", ".join(sorted(self.actor.roles)) or "no role"
+            msg = f"role {' or '.join(spec.roles)} required; you have {have}"
+            held = set(spec.roles) & self.definition.starter_roles & set(self.actor.roles)
+            if held:
+                msg += (f" (role {', '.join(sorted(held))} is held on this instance only by "
+                        f"its starter, {self.row.created_by!r})")
+            reasons.append(msg)
+        if not self.probe and spec.comment == "required" and not (self.comment or "").strip():
+            reasons.append(f"a comment giving the reasons is required for {spec.trigger!r}")
+        wf = self.definition.model
+        given, errors = check_data(wf.fields, self.incoming, spec.accepts)
+        if not self.probe:
+            reasons.extend(errors)
+            self.data_errors.extend(errors)
+        if reasons:
+            return self._refuse(spec, reasons)
+        values = {**self.row.data, **given}
+        instance_view = {
+            "id": self.row.id, "workflow": self.row.workflow, "version": self.row.workflow_version,
+            "state": self.row.state, "unit": self.row.unit, "created_by": self.row.created_by,
+            "external_ref": self.row.external_ref, "parent_id": self.row.parent_id,
+        }
+        scope = _Scope(self.definition, values, given, self.actor, self.now,
+                       self.row.state_entered_at, instance_view,
+                       _parent_view(self.parent) if self.parent is not None else None)
+        if spec.when:
+            reasons.extend(scope.guard(spec.when, probe=self.probe))
+        if reasons:
+            return self._refuse(spec, reasons)
+        if self.probe:
+            return True
+        reasons.extend(scope.apply_set(spec.set, values))
+        for f in spec.requires:
+            if _empty(values.get(f)):
+                reasons.append(f"field {f!r} is required for {spec.trigger!r}")
+        reasons.extend(_missing_required(wf.fields, values))
+        if reasons:
+            return self._refuse(spec, reasons)
+        self.chosen = spec
+        self.new_data = values
+        old = self.row.data
+        self.delta = {k: v for k, v in values.items() if k not in old or old[k] != v}
+        return True
+
+    def _refuse(self, spec: TransitionSpec, reasons: list[str]) -> bool:
+        self.tried.append((spec, reasons))
+        self.reasons.extend(reasons)
+        return False
+
+    def refusals(self, machine: Any, state: str, trigger: str) -> list[str]:
+        if not self.tried:
+            if trigger not in machine.triggers:
+                known = ", ".join(sorted(machine.triggers))
+                return [f"workflow {self.definition.key!r} has no trigger {trigger!r} (triggers: {known})"]
+            here = sorted({s.trigger for s in machine.candidates(state)})
+            return [f"{trigger!r} cannot be fired from state {state!r}; "
+                    f"from there: {', '.join(here) or 'nothing (final state)'}"]
+        if len(self.tried) == 1:
+            return self.tried[0][1]
+        out = []
+        for spec, reasons in self.tried:
+            out.append(f"to {spec.to or state!r}: " + "; ".join(reasons))
+        return out

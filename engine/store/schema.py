@@ -1,0 +1,129 @@
+"""Tables of the sangkien store (SQLAlchemy Core). Alembic migrations own the real schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["definitions", "events", "idempotency", "instances", "metadata"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json: Any = JSON().with_variant(JSONB(), "postgresql")
+Id = String(36)
+# SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid alias)
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+definitions = Table(
+    "sk_definitions",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("registered_at", UTCDateTime, nullable=False),
+)
+
+instances = Table(
+    "sk_instances",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("workflow", String(64), nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("state_entered_at", UTCDateTime, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("unit", String(128), nullable=False),
+    Column("parent_id", Id, ForeignKey("sk_instances.id"), nullable=True),
+    Column("external_ref", String(255), nullable=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # optimistic lock: every change is UPDATE ... WHERE version = :read_version
+    Column("version", Integer, nullable=False),
+    # head of the history hash chain, so a transition never reads the event table
+    Column("last_seq", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Index(None, "workflow", "state"),
+    Index(None, "unit", "workflow", "state"),
+    Index(None, "parent_id"),
+    Index(None, "external_ref"),
+)
+
+events = Table(
+    "sk_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", Id, ForeignKey("sk_instances.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("trigger", String(64), nullable=True),
+    Column("from_state", String(64), nullable=True),
+    Column("to_state", String(64), nullable=False),
+    Column("actor_id", String(128), nullable=False),
+    Column("actor_roles", Json, nullable=False),
+    Column("actor_unit", String(128), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("data_delta", Json, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("instance_id", "seq"),
+)
+
+idempotency = Table(
+    "sk_idempotency",
+    metadata,
+    Column("actor_id", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("instance_id", Id, nullable=False),
+    Column("result", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
