@@ -45,26 +45,45 @@ def _settings(database_url: str | None, workflows: tuple[str, ...]) -> Any:
     if database_url:
         s.database_url = database_url
     if workflows:
-        s.workflows = os.pathsep.join([s.workflows, *workflows]) if s.workflows else os.pathsep.join(workflows)
+        s.workflows = (
+            os.pathsep.join([s.workflows, *workflows])
+            if s.workflows
+            else os.pathsep.join(workflows)
+        )
     return s
 
 
 def db_options(fn: F) -> F:
-    fn = click.option("--workflows", "-w", "workflows", multiple=True,
-                      help="Extra workflow file or folder (repeatable; env SANGKIEN_WORKFLOWS).")(fn)
-    fn = click.option("--database-url", "database_url", default=None,
-                      help="SQLAlchemy URL (env SANGKIEN_DATABASE_URL; default sqlite:///sangkien.db).")(fn)
+    fn = click.option(
+        "--workflows",
+        "-w",
+        "workflows",
+        multiple=True,
+        help="Extra workflow file or folder (repeatable; env SANGKIEN_WORKFLOWS).",
+    )(fn)
+    fn = click.option(
+        "--database-url",
+        "database_url",
+        default=None,
+        help="SQLAlchemy URL (env SANGKIEN_DATABASE_URL; default sqlite:///sangkien.db).",
+    )(fn)
     return fn
 
 
 def actor_options(required: bool) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         fn = click.option("--unit", "unit", default=None, help="Unit the actor belongs to.")(fn)
-        fn = click.option("--role", "roles", multiple=True,
-                          help="Role the actor holds (repeatable, or comma-separated).")(fn)
-        fn = click.option("--actor", "actor_id", required=required, default=None,
-                          help="Id of the person acting.")(fn)
+        fn = click.option(
+            "--role",
+            "roles",
+            multiple=True,
+            help="Role the actor holds (repeatable, or comma-separated).",
+        )(fn)
+        fn = click.option(
+            "--actor", "actor_id", required=required, default=None, help="Id of the person acting."
+        )(fn)
         return fn
+
     return deco
 
 
@@ -115,8 +134,13 @@ def _data(data: str | None, data_file: str | None, sets: tuple[str, ...]) -> dic
 
 
 def data_options(fn: F) -> F:
-    fn = click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
-                      help="One field (value parsed as JSON, else text); repeatable.")(fn)
+    fn = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="FIELD=VALUE",
+        help="One field (value parsed as JSON, else text); repeatable.",
+    )(fn)
     fn = click.option("--data-file", default=None, help="File holding a JSON object of fields.")(fn)
     fn = click.option("--data", default=None, help="JSON object of fields.")(fn)
     return fn
@@ -155,8 +179,10 @@ def _print_instance(inst: Any, as_json: bool, extra: dict[str, Any] | None = Non
             body.update(extra)
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
-    click.echo(f"{inst.id}  {inst.workflow} v{inst.workflow_version}  state={inst.state}  "
-               f"unit={inst.unit}  version={inst.version}")
+    click.echo(
+        f"{inst.id}  {inst.workflow} v{inst.workflow_version}  state={inst.state}  "
+        f"unit={inst.unit}  version={inst.version}"
+    )
     for k, v in inst.data.items():
         click.echo(f"  {k}: {json.dumps(v, ensure_ascii=False)}")
     if extra and extra.get("triggers"):
@@ -172,8 +198,12 @@ def _print_instance(inst: Any, as_json: bool, extra: dict[str, Any] | None = Non
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sangkien")
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
-              help="Log format on stderr (env SANGKIEN_LOG_FORMAT).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default=None,
+    help="Log format on stderr (env SANGKIEN_LOG_FORMAT).",
+)
 def cli(log_format: str | None) -> None:
     """sangkien: workflows for initiative campaigns (sáng kiến), from YAML to recognition."""
     from sangkien.logs import configure_logging
@@ -223,8 +253,9 @@ def schema() -> None:
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid")
 @click.option("--lang", default="vi", help="Label language (vi or en).")
 @db_options
-def diagram(workflow: str, fmt: str, lang: str, database_url: str | None,
-            workflows: tuple[str, ...]) -> None:
+def diagram(
+    workflow: str, fmt: str, lang: str, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
     """Draw WORKFLOW (a file or a key) as Mermaid or Graphviz DOT."""
     from sangkien.diagram import to_dot, to_mermaid
 
@@ -294,14 +325,28 @@ def publish(files: tuple[str, ...], database_url: str | None, workflows: tuple[s
 @click.option("--ref", "external_ref", default=None, help="Reference in the host system.")
 @click.option("--comment", default=None)
 @click.option("--idempotency-key", default=None)
-@click.option("--in-unit", "in_unit", default=None, help="Unit of the new instance (default: --unit).")
+@click.option(
+    "--in-unit", "in_unit", default=None, help="Unit of the new instance (default: --unit)."
+)
 @json_option
 @db_options
-def start(workflow: str, actor_id: str, roles: tuple[str, ...], unit: str | None,
-          data: str | None, data_file: str | None, sets: tuple[str, ...], parent: str | None,
-          external_ref: str | None, comment: str | None, idempotency_key: str | None,
-          in_unit: str | None, as_json: bool, database_url: str | None,
-          workflows: tuple[str, ...]) -> None:
+def start(
+    workflow: str,
+    actor_id: str,
+    roles: tuple[str, ...],
+    unit: str | None,
+    data: str | None,
+    data_file: str | None,
+    sets: tuple[str, ...],
+    parent: str | None,
+    external_ref: str | None,
+    comment: str | None,
+    idempotency_key: str | None,
+    in_unit: str | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
     """Start an instance of WORKFLOW (a key or a YAML file)."""
     s = _settings(database_url, workflows)
     values = _data(data, data_file, sets)
@@ -313,9 +358,16 @@ def start(workflow: str, actor_id: str, roles: tuple[str, ...], unit: str | None
             key = d.key
         else:
             key = workflow
-        inst = engine.start(key, actor=_actor(actor_id, roles, unit), unit=in_unit, data=values,
-                            parent=parent, external_ref=external_ref, comment=comment,
-                            idempotency_key=idempotency_key)
+        inst = engine.start(
+            key,
+            actor=_actor(actor_id, roles, unit),
+            unit=in_unit,
+            data=values,
+            parent=parent,
+            external_ref=external_ref,
+            comment=comment,
+            idempotency_key=idempotency_key,
+        )
     finally:
         engine.close()
     _print_instance(inst, as_json)
@@ -328,22 +380,44 @@ def start(workflow: str, actor_id: str, roles: tuple[str, ...], unit: str | None
 @data_options
 @click.option("--comment", default=None, help="Reason or note recorded in history.")
 @click.option("--idempotency-key", default=None)
-@click.option("--expected-version", type=int, default=None,
-              help="Refuse if the instance changed since this version.")
+@click.option(
+    "--expected-version",
+    type=int,
+    default=None,
+    help="Refuse if the instance changed since this version.",
+)
 @json_option
 @db_options
-def fire(instance_id: str, trigger: str, actor_id: str, roles: tuple[str, ...],
-         unit: str | None, data: str | None, data_file: str | None, sets: tuple[str, ...],
-         comment: str | None, idempotency_key: str | None, expected_version: int | None,
-         as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+def fire(
+    instance_id: str,
+    trigger: str,
+    actor_id: str,
+    roles: tuple[str, ...],
+    unit: str | None,
+    data: str | None,
+    data_file: str | None,
+    sets: tuple[str, ...],
+    comment: str | None,
+    idempotency_key: str | None,
+    expected_version: int | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
     """Fire TRIGGER on INSTANCE_ID as the given actor."""
     s = _settings(database_url, workflows)
     values = _data(data, data_file, sets)
     engine = _engine(s)
     try:
-        inst = engine.fire(instance_id, trigger, actor=_actor(actor_id, roles, unit),
-                           data=values, comment=comment, idempotency_key=idempotency_key,
-                           expected_version=expected_version)
+        inst = engine.fire(
+            instance_id,
+            trigger,
+            actor=_actor(actor_id, roles, unit),
+            data=values,
+            comment=comment,
+            idempotency_key=idempotency_key,
+            expected_version=expected_version,
+        )
     finally:
         engine.close()
     _print_instance(inst, as_json)
@@ -354,8 +428,15 @@ def fire(instance_id: str, trigger: str, actor_id: str, roles: tuple[str, ...],
 @actor_options(required=False)
 @json_option
 @db_options
-def show(instance_id: str, actor_id: str | None, roles: tuple[str, ...], unit: str | None,
-         as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+def show(
+    instance_id: str,
+    actor_id: str | None,
+    roles: tuple[str, ...],
+    unit: str | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
     """Show an instance; with --actor, also the triggers that actor may fire now."""
     engine = _engine(_settings(database_url, workflows))
     actor = _actor(actor_id, roles, unit)
@@ -374,8 +455,15 @@ def show(instance_id: str, actor_id: str | None, roles: tuple[str, ...], unit: s
 @actor_options(required=True)
 @json_option
 @db_options
-def triggers(instance_id: str, actor_id: str, roles: tuple[str, ...], unit: str | None,
-             as_json: bool, database_url: str | None, workflows: tuple[str, ...]) -> None:
+def triggers(
+    instance_id: str,
+    actor_id: str,
+    roles: tuple[str, ...],
+    unit: str | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
     """List the triggers the actor may fire now, with the reason for each refused one."""
     engine = _engine(_settings(database_url, workflows))
     try:
@@ -394,8 +482,9 @@ def triggers(instance_id: str, actor_id: str, roles: tuple[str, ...], unit: str 
 @click.argument("instance_id")
 @json_option
 @db_options
-def history(instance_id: str, as_json: bool, database_url: str | None,
-            workflows: tuple[str, ...]) -> None:
+def history(
+    instance_id: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
     """Print an instance's history, oldest first."""
     engine = _engine(_settings(database_url, workflows))
     try:
@@ -408,8 +497,10 @@ def history(instance_id: str, as_json: bool, database_url: str | None,
     for e in events:
         move = f"{e.from_state or '-'} -> {e.to_state}"
         note = f"  “{e.comment}”" if e.comment else ""
-        click.echo(f"{e.seq:>3}  {e.at:%Y-%m-%d %H:%M:%S}  {e.kind:<10} {e.trigger or '':<18} "
-                   f"{move:<40} by {e.actor_id}{note}")
+        click.echo(
+            f"{e.seq:>3}  {e.at:%Y-%m-%d %H:%M:%S}  {e.kind:<10} {e.trigger or '':<18} "
+            f"{move:<40} by {e.actor_id}{note}"
+        )
 
 
 @cli.command("list")
@@ -421,14 +512,23 @@ def history(instance_id: str, as_json: bool, database_url: str | None,
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @json_option
 @db_options
-def list_(workflow: str | None, state: str | None, unit: str | None, parent: str | None,
-          after: str | None, limit: int, as_json: bool, database_url: str | None,
-          workflows: tuple[str, ...]) -> None:
+def list_(
+    workflow: str | None,
+    state: str | None,
+    unit: str | None,
+    parent: str | None,
+    after: str | None,
+    limit: int,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
     """List instances."""
     engine = _engine(_settings(database_url, workflows))
     try:
-        items = engine.list(workflow=workflow, state=state, unit=unit, parent=parent,
-                            after=after, limit=limit)
+        items = engine.list(
+            workflow=workflow, state=state, unit=unit, parent=parent, after=after, limit=limit
+        )
     finally:
         engine.close()
     if as_json:
@@ -458,8 +558,13 @@ def verify(instance_id: str | None, database_url: str | None, workflows: tuple[s
 
 @cli.command()
 @click.option("--lang", default="vi", help="Label language (vi or en).")
-@click.option("--keep", "keep", default=None, type=click.Path(dir_okay=False),
-              help="Keep the demo database at this path instead of a temporary file.")
+@click.option(
+    "--keep",
+    "keep",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Keep the demo database at this path instead of a temporary file.",
+)
 def demo(lang: str, keep: str | None) -> None:
     """Run a campaign and a few initiatives through their lifecycle on a temporary database."""
     from sangkien.demo import run_demo
@@ -496,8 +601,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # last resort: one line, the details only on request
         if os.environ.get("SANGKIEN_DEBUG"):
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
-                   "(set SANGKIEN_DEBUG=1 for details)", err=True)
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {exc} (set SANGKIEN_DEBUG=1 for details)",
+            err=True,
+        )
         raise SystemExit(1) from None
     raise SystemExit(0)
 

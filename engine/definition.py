@@ -101,7 +101,9 @@ class FieldSpec(_Model):
             try:
                 re.compile(v)
             except re.error as exc:
-                raise ValueError(f"pattern does not compile: {exc}") from None
+                raise ValueError(
+                    f"pattern does not compile as a regular expression: {exc}"
+                ) from None
         return v
 
 
@@ -266,7 +268,9 @@ def load_definition(path: str | Path) -> Definition:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise DefinitionError([Problem(str(path), 1, 1, f"cannot read file: {exc.strerror}")]) from None
+        raise DefinitionError(
+            [Problem(str(path), 1, 1, f"cannot read file: {exc.strerror}")]
+        ) from None
     return parse_definition(raw, str(path))
 
 
@@ -277,8 +281,15 @@ def parse_definition(source: str | bytes, file: str = "<string>") -> Definition:
     located = load_yaml(source, file)
     text = source.decode("utf-8") if isinstance(source, bytes) else source
     if not isinstance(located.data, dict):
-        raise DefinitionError([located.problem((), "expected a mapping with 'workflow', 'version', "
-                                                    "'states', 'transitions' at the top level")])
+        raise DefinitionError(
+            [
+                located.problem(
+                    (),
+                    "expected a mapping with 'workflow', 'version', "
+                    "'states', 'transitions' at the top level",
+                )
+            ]
+        )
     try:
         model = Workflow.model_validate(located.data)
     except ValidationError as exc:
@@ -287,8 +298,12 @@ def parse_definition(source: str | bytes, file: str = "<string>") -> Definition:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise DefinitionError(sorted(problems, key=lambda p: (p.line, p.column)))
-    canonical = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True,
-                           ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(
+        model.model_dump(mode="json", by_alias=True),
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return Definition(
         model=model,
         source=text,
@@ -304,7 +319,8 @@ def _structural_problems(exc: ValidationError, located: Located) -> list[Problem
     for err in _pick_union_members(exc.errors(), located.data):
         path = _data_path(located.data, err["loc"])
         message = _message(err, path)
-        prob = located.problem(path, message, key=err["type"] in ("extra_forbidden",))
+        at_key = err["type"] == "extra_forbidden" or (err["loc"] and err["loc"][-1] == "[key]")
+        prob = located.problem(path, message, key=bool(at_key))
         problems.setdefault((prob.line, prob.column, prob.message), prob)
     # a union (e.g. roles: list or mapping) reports one error per member; keep one per place
     by_place: dict[tuple[int, int], Problem] = {}
@@ -347,10 +363,9 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     path: list[str | int] = []
     cur = data
     for part in loc:
-        if isinstance(cur, dict) and isinstance(part, str) and part in cur:
-            path.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+        in_dict = isinstance(cur, dict) and isinstance(part, str) and part in cur
+        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        if in_dict or in_list:
             path.append(part)
             cur = cur[part]
         elif isinstance(cur, dict) and isinstance(part, str) and _looks_like_key(part):
@@ -393,8 +408,12 @@ def _unwrap(ann: Any) -> Any:
             args = [a for a in typing.get_args(ann) if a is not type(None)]
             models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
             containers = [a for a in args if typing.get_origin(a) in (list, dict)]
-            ann = (models or [a for a in containers if typing.get_origin(a) is dict]
-                   or containers or args)[0]
+            ann = (
+                models
+                or [a for a in containers if typing.get_origin(a) is dict]
+                or containers
+                or args
+            )[0]
         else:
             return ann
 
@@ -437,11 +456,19 @@ def _message(err: Any, path: tuple[str | int, ...]) -> str:
     if kind == "missing":
         return f"missing required key {str(loc[-1])!r}"
     got = err.get("input")
-    shown = json.dumps(got, ensure_ascii=False, default=str) if not isinstance(got, dict) else "a mapping"
+    shown = (
+        json.dumps(got, ensure_ascii=False, default=str)
+        if not isinstance(got, dict)
+        else "a mapping"
+    )
     if kind in _TYPE_WORDS:
         return f"{where}: expected {_TYPE_WORDS[kind]}, got {shown}"
     if kind == "string_pattern_mismatch":
+        if loc and loc[-1] == "[key]":
+            return f"{shown} is not a valid name (use lower_snake_case: letters, digits, _)"
         return f"{where}: {shown} is not a valid name (use lower_snake_case: letters, digits, _)"
+    if kind == "string_too_short":
+        return f"{where}: must not be empty"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{where}: {shown} is not allowed; expected {expected}"
@@ -449,7 +476,7 @@ def _message(err: Any, path: tuple[str | int, ...]) -> str:
         return f"{where}: {err['msg'].lower()}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return f"{where}: {msg}"
 
 

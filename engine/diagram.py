@@ -26,8 +26,12 @@ def to_mermaid(definition: Definition, lang: str = "vi") -> str:
 def to_dot(definition: Definition, lang: str = "vi") -> str:
     """Return a Graphviz DOT digraph of *definition*."""
     wf = definition.model
-    out = [f'digraph "{definition.key}_v{definition.version}" {{', "    rankdir=LR;",
-           '    node [shape=box, style=rounded];', '    __start [shape=point];']
+    out = [
+        f'digraph "{definition.key}_v{definition.version}" {{',
+        "    rankdir=LR;",
+        "    node [shape=box, style=rounded];",
+        "    __start [shape=point];",
+    ]
     for name, s in wf.states.items():
         shape = ", peripheries=2" if s.final else ""
         out.append(f'    {name} [label="{_esc(definition.label(name, lang))}"{shape}];')

@@ -34,13 +34,39 @@ SCOPE_NAMES = frozenset({"data", "parent", "actor", "now", "state_entered_at", "
 """Names an expression may use: see docs/workflow-language.md#expressions."""
 
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
-_FUNCTIONS = frozenset({
-    "size", "contains", "startsWith", "endsWith", "matches", "has", "int", "uint", "double",
-    "string", "bytes", "bool", "timestamp", "duration", "type", "dyn", "max", "min",
-    "getFullYear", "getMonth", "getDayOfMonth", "getDate", "getDayOfWeek", "getDayOfYear",
-    "getHours", "getMinutes", "getSeconds", "getMilliseconds",
-    *_MACROS,
-})
+_FUNCTIONS = frozenset(
+    {
+        "size",
+        "contains",
+        "startsWith",
+        "endsWith",
+        "matches",
+        "has",
+        "int",
+        "uint",
+        "double",
+        "string",
+        "bytes",
+        "bool",
+        "timestamp",
+        "duration",
+        "type",
+        "dyn",
+        "max",
+        "min",
+        "getFullYear",
+        "getMonth",
+        "getDayOfMonth",
+        "getDate",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
+        *_MACROS,
+    }
+)
 
 _TOKEN = re.compile(
     r"""(?P<str>[rRbB]{0,2}(?:'''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))"""
@@ -111,7 +137,14 @@ def _scan(tokens: list[_Token]) -> tuple[list[FieldRef], set[str]]:
         after_dot = prev is not None and prev.text == "."
         if tok.text in _MACROS and after_dot:
             nxt, var, comma = at(i + 1), at(i + 2), at(i + 3)
-            if nxt and nxt.text == "(" and var and var.kind == "ident" and comma and comma.text == ",":
+            if (
+                nxt
+                and nxt.text == "("
+                and var
+                and var.kind == "ident"
+                and comma
+                and comma.text == ","
+            ):
                 bound.add(var.text)
             continue
         if after_dot:
@@ -187,15 +220,27 @@ def compile_expression(source: str, scope: Iterable[str] = SCOPE_NAMES) -> Compi
         m = _PARSE_POS.search(message)
         if m:
             text = m.group(3).replace("Syntax error: ", "")
-            raise ExpressionError(f"expression does not compile: {text}",
-                                  int(m.group(1)), int(m.group(2))) from None
+            raise ExpressionError(
+                f"expression does not compile: {text}", int(m.group(1)), int(m.group(2))
+            ) from None
         raise ExpressionError(f"expression does not compile: {message}") from None
     tokens = _tokens(source)
     refs, bound = _scan(tokens)
     allowed = set(scope) | bound
     variables = set(program.variables())
+
+    def free(i: int, tok: _Token) -> bool:
+        return i == 0 or tokens[i - 1].text != "."
+
     for name in sorted(variables - allowed):
-        offset = next((t.offset for t in tokens if t.kind == "ident" and t.text == name), 0)
+        offset = next(
+            (
+                t.offset
+                for i, t in enumerate(tokens)
+                if t.kind == "ident" and t.text == name and free(i, t)
+            ),
+            0,
+        )
         line, col = _line_col(source, offset)
         raise ExpressionError(
             f"unknown name {name!r} in expression; available: {', '.join(sorted(scope))}", line, col
@@ -203,7 +248,14 @@ def compile_expression(source: str, scope: Iterable[str] = SCOPE_NAMES) -> Compi
     for fn in program.functions():
         if fn[:1] in "_@!-" or fn in _FUNCTIONS:
             continue
-        offset = next((t.offset for t in tokens if t.text == fn), 0)
+        offset = next(
+            (
+                t.offset
+                for i, t in enumerate(tokens)
+                if t.text == fn and i + 1 < len(tokens) and tokens[i + 1].text == "("
+            ),
+            0,
+        )
         line, col = _line_col(source, offset)
         raise ExpressionError(f"unknown function {fn!r} in expression", line, col)
     return CompiledExpression(source, program, frozenset(variables & set(scope)), refs)

@@ -76,7 +76,7 @@ def check_value(name: str, spec: Any, value: Any) -> str | None:
         if spec.items:
             ok = _ITEM_TYPES[spec.items]
             for i, item in enumerate(value):
-                if isinstance(item, bool) and spec.items != "boolean" or not isinstance(item, ok):
+                if (isinstance(item, bool) and spec.items != "boolean") or not isinstance(item, ok):
                     return f"field {name!r}: item {i + 1} must be {spec.items}, got {_kind(item)}"
         return None
     if t == "object":
@@ -93,7 +93,11 @@ def normalize(spec: Any, value: Any) -> Any:
     if spec.type == "date":
         return date.fromisoformat(str(value)).isoformat()
     if spec.type == "datetime":
-        dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        dt = (
+            value
+            if isinstance(value, datetime)
+            else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        )
         return dt.isoformat()
     if spec.type == "integer" and isinstance(value, float):
         return int(value)
@@ -115,8 +119,10 @@ def check_data(
             errors.append(f"unknown field {name!r} (declared fields: {known})")
             continue
         if allowed is not None and name not in allowed:
-            errors.append(f"field {name!r} cannot be given with this action (accepted: "
-                          f"{', '.join(allowed) or 'none'})")
+            errors.append(
+                f"field {name!r} cannot be given with this action (accepted: "
+                f"{', '.join(allowed) or 'none'})"
+            )
             continue
         err = check_value(name, spec, value)
         if err:

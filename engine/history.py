@@ -33,9 +33,19 @@ def event_hash(
     """Return the SHA-256 of the event's canonical JSON, chained to *prev_hash*."""
     body = json.dumps(
         [
-            prev_hash, instance_id, seq, kind, trigger, from_state, to_state, actor_id,
-            sorted(actor_roles), actor_unit, at.isoformat(timespec="microseconds"),
-            data_delta, comment,
+            prev_hash,
+            instance_id,
+            seq,
+            kind,
+            trigger,
+            from_state,
+            to_state,
+            actor_id,
+            sorted(actor_roles),
+            actor_unit,
+            at.isoformat(timespec="microseconds"),
+            data_delta,
+            comment,
         ],
         sort_keys=True,
         ensure_ascii=False,
@@ -64,25 +74,49 @@ def verify_chain(instance_id: str, rows: Iterable[Any], head: tuple[int, str]) -
     expected_seq = 1
     for r in rows:
         if r.seq != expected_seq:
-            breaks.append(ChainBreak(instance_id, r.seq, f"expected event {expected_seq}; "
-                                     "an event is missing or was reordered"))
+            breaks.append(
+                ChainBreak(
+                    instance_id,
+                    r.seq,
+                    f"expected event {expected_seq}; an event is missing or was reordered",
+                )
+            )
             expected_seq = r.seq
         if r.prev_hash != prev:
-            breaks.append(ChainBreak(instance_id, r.seq, "prev_hash does not match the previous event"))
+            breaks.append(
+                ChainBreak(instance_id, r.seq, "prev_hash does not match the previous event")
+            )
         computed = event_hash(
-            prev_hash=r.prev_hash, instance_id=r.instance_id, seq=r.seq, kind=r.kind,
-            trigger=r.trigger, from_state=r.from_state, to_state=r.to_state,
-            actor_id=r.actor_id, actor_roles=r.actor_roles, actor_unit=r.actor_unit,
-            at=r.at, data_delta=r.data_delta, comment=r.comment,
+            prev_hash=r.prev_hash,
+            instance_id=r.instance_id,
+            seq=r.seq,
+            kind=r.kind,
+            trigger=r.trigger,
+            from_state=r.from_state,
+            to_state=r.to_state,
+            actor_id=r.actor_id,
+            actor_roles=r.actor_roles,
+            actor_unit=r.actor_unit,
+            at=r.at,
+            data_delta=r.data_delta,
+            comment=r.comment,
         )
         if computed != r.hash:
-            breaks.append(ChainBreak(instance_id, r.seq, "content does not match its hash "
-                                     "(the event was altered)"))
+            breaks.append(
+                ChainBreak(
+                    instance_id, r.seq, "content does not match its hash (the event was altered)"
+                )
+            )
         prev = r.hash
         expected_seq += 1
     last_seq, last_hash = head
     if expected_seq - 1 != last_seq or prev != last_hash:
-        breaks.append(ChainBreak(instance_id, expected_seq - 1,
-                                 f"history ends at event {expected_seq - 1} but the instance "
-                                 f"records {last_seq} events (events deleted or added)"))
+        breaks.append(
+            ChainBreak(
+                instance_id,
+                expected_seq - 1,
+                f"history ends at event {expected_seq - 1} but the instance "
+                f"records {last_seq} events (events deleted or added)",
+            )
+        )
     return breaks

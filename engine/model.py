@@ -119,7 +119,11 @@ class Event:
             "trigger": self.trigger,
             "from_state": self.from_state,
             "to_state": self.to_state,
-            "actor": {"id": self.actor_id, "roles": list(self.actor_roles), "unit": self.actor_unit},
+            "actor": {
+                "id": self.actor_id,
+                "roles": list(self.actor_roles),
+                "unit": self.actor_unit,
+            },
             "at": self.at.isoformat(),
             "data_delta": dict(self.data_delta),
             "comment": self.comment,

@@ -172,15 +172,18 @@ class Engine:
             if row is None:
                 conn.execute(
                     t.definitions.insert().values(
-                        key=key, version=version, content_hash=definition.content_hash,
-                        source=definition.source, registered_at=self.clock.now(),
+                        key=key,
+                        version=version,
+                        content_hash=definition.content_hash,
+                        source=definition.source,
+                        registered_at=self.clock.now(),
                     )
                 )
             elif row.content_hash != definition.content_hash:
                 used = conn.execute(
-                    sa.select(sa.func.count()).select_from(t.instances).where(
-                        t.instances.c.workflow == key, t.instances.c.workflow_version == version
-                    )
+                    sa.select(sa.func.count())
+                    .select_from(t.instances)
+                    .where(t.instances.c.workflow == key, t.instances.c.workflow_version == version)
                 ).scalar_one()
                 if used:
                     raise DefinitionConflict(
@@ -192,8 +195,11 @@ class Engine:
                 conn.execute(
                     t.definitions.update()
                     .where(t.definitions.c.key == key, t.definitions.c.version == version)
-                    .values(content_hash=definition.content_hash, source=definition.source,
-                            registered_at=self.clock.now())
+                    .values(
+                        content_hash=definition.content_hash,
+                        source=definition.source,
+                        registered_at=self.clock.now(),
+                    )
                 )
         self._defs[(key, version)] = definition
         current = self._latest.get(key)
@@ -214,7 +220,9 @@ class Engine:
                 return self._latest[key]
             with self._read() as conn:
                 version = conn.execute(
-                    sa.select(sa.func.max(t.definitions.c.version)).where(t.definitions.c.key == key)
+                    sa.select(sa.func.max(t.definitions.c.version)).where(
+                        t.definitions.c.key == key
+                    )
                 ).scalar_one()
             if version is None:
                 known = ", ".join(sorted(self._latest)) or "none registered"
@@ -248,9 +256,7 @@ class Engine:
         key = (d.key, d.version)
         used = self._uses_parent.get(key)
         if used is None:
-            used = self._uses_parent[key] = any(
-                "parent" in e.names for e in d.expressions.values()
-            )
+            used = self._uses_parent[key] = any("parent" in e.names for e in d.expressions.values())
         return used
 
     # ------------------------------------------------------------------ start
@@ -275,12 +281,22 @@ class Engine:
         unit = unit or actor.unit
         incoming = dict(data or {})
         if unit is None:
-            raise TransitionNotAllowed(None, "start", ["a unit is required: give unit= or an actor with a unit"])
+            raise TransitionNotAllowed(
+                None, "start", ["a unit is required: give unit= or an actor with a unit"]
+            )
         if not actor.is_system and (actor.unit is None or not self.units.covers(actor.unit, unit)):
-            raise TransitionNotAllowed(None, "start", [
-                f"your unit {actor.unit!r} does not cover unit {unit!r}"])
-        request = {"op": "start", "workflow": workflow, "unit": unit, "data": incoming,
-                   "parent": parent, "external_ref": external_ref, "comment": comment}
+            raise TransitionNotAllowed(
+                None, "start", [f"your unit {actor.unit!r} does not cover unit {unit!r}"]
+            )
+        request = {
+            "op": "start",
+            "workflow": workflow,
+            "unit": unit,
+            "data": incoming,
+            "parent": parent,
+            "external_ref": external_ref,
+            "comment": comment,
+        }
         with self._write() as conn:
             if idempotency_key:
                 replay = self._replay(conn, actor, idempotency_key, request)
@@ -289,7 +305,9 @@ class Engine:
             reasons: list[str] = []
             parent_row = None
             if wf.parent and parent is None:
-                reasons.append(f"workflow {workflow!r} instances belong to a {wf.parent!r}; give parent=")
+                reasons.append(
+                    f"workflow {workflow!r} instances belong to a {wf.parent!r}; give parent="
+                )
             if parent is not None:
                 parent_row = conn.execute(
                     sa.select(t.instances).where(t.instances.c.id == parent)
@@ -297,17 +315,23 @@ class Engine:
                 if parent_row is None:
                     raise InstanceNotFound(parent)
                 if wf.parent != parent_row.workflow:
-                    reasons.append(f"parent {parent!r} is a {parent_row.workflow!r}; "
-                                   f"{workflow!r} instances belong to {wf.parent or 'no parent'}")
+                    reasons.append(
+                        f"parent {parent!r} is a {parent_row.workflow!r}; "
+                        f"{workflow!r} instances belong to {wf.parent or 'no parent'}"
+                    )
                 elif not self.units.covers(parent_row.unit, unit):
-                    reasons.append(f"parent {parent!r} belongs to unit {parent_row.unit!r}, "
-                                   f"which does not cover unit {unit!r}")
+                    reasons.append(
+                        f"parent {parent!r} belongs to unit {parent_row.unit!r}, "
+                        f"which does not cover unit {unit!r}"
+                    )
             starters = definition.starter_roles
             roles = set(actor.roles) | set(starters)
             allowed = wf.start.roles
             if allowed is not None and not actor.is_system and not roles & set(allowed):
-                reasons.append(f"role {' or '.join(allowed)} required to start; you have "
-                               f"{', '.join(sorted(actor.roles)) or 'no role'}")
+                reasons.append(
+                    f"role {' or '.join(allowed)} required to start; you have "
+                    f"{', '.join(sorted(actor.roles)) or 'no role'}"
+                )
             defaults = {n: f.default for n, f in wf.fields.items() if f.default is not None}
             given, errors = check_data(wf.fields, incoming)
             reasons.extend(errors)
@@ -317,12 +341,25 @@ class Engine:
             now = self.clock.now()
             iid = new_id()
             instance_view = {
-                "id": iid, "workflow": workflow, "version": definition.version,
-                "state": definition.initial_state, "unit": unit, "created_by": actor.id,
-                "external_ref": external_ref, "parent_id": parent,
+                "id": iid,
+                "workflow": workflow,
+                "version": definition.version,
+                "state": definition.initial_state,
+                "unit": unit,
+                "created_by": actor.id,
+                "external_ref": external_ref,
+                "parent_id": parent,
             }
-            scope = _Scope(definition, values, incoming, actor, now, None, instance_view,
-                           _parent_view(parent_row) if parent_row is not None else None)
+            scope = _Scope(
+                definition,
+                values,
+                incoming,
+                actor,
+                now,
+                None,
+                instance_view,
+                _parent_view(parent_row) if parent_row is not None else None,
+            )
             if wf.start.when:
                 reasons.extend(scope.guard(wf.start.when))
             reasons.extend(scope.apply_set(wf.start.set, values))
@@ -335,29 +372,83 @@ class Engine:
             state = definition.initial_state
             roles_list = sorted(actor.roles)
             h = event_hash(
-                prev_hash=GENESIS, instance_id=iid, seq=1, kind="started", trigger=None,
-                from_state=None, to_state=state, actor_id=actor.id, actor_roles=roles_list,
-                actor_unit=actor.unit, at=now, data_delta=values, comment=comment,
+                prev_hash=GENESIS,
+                instance_id=iid,
+                seq=1,
+                kind="started",
+                trigger=None,
+                from_state=None,
+                to_state=state,
+                actor_id=actor.id,
+                actor_roles=roles_list,
+                actor_unit=actor.unit,
+                at=now,
+                data_delta=values,
+                comment=comment,
             )
-            conn.execute(t.instances.insert().values(
-                id=iid, workflow=workflow, workflow_version=definition.version, state=state,
-                state_entered_at=now, data=values, unit=unit, parent_id=parent,
-                external_ref=external_ref, created_by=actor.id, created_at=now, updated_at=now,
-                version=1, last_seq=1, last_hash=h,
-            ))
-            conn.execute(t.events.insert().values(
-                instance_id=iid, seq=1, kind="started", trigger=None, from_state=None,
-                to_state=state, actor_id=actor.id, actor_roles=roles_list,
-                actor_unit=actor.unit, at=now, data_delta=values, comment=comment,
-                prev_hash=GENESIS, hash=h,
-            ))
-            instance = Instance(iid, workflow, definition.version, state, now, values, unit,
-                                parent, external_ref, actor.id, now, now, 1)
+            conn.execute(
+                t.instances.insert().values(
+                    id=iid,
+                    workflow=workflow,
+                    workflow_version=definition.version,
+                    state=state,
+                    state_entered_at=now,
+                    data=values,
+                    unit=unit,
+                    parent_id=parent,
+                    external_ref=external_ref,
+                    created_by=actor.id,
+                    created_at=now,
+                    updated_at=now,
+                    version=1,
+                    last_seq=1,
+                    last_hash=h,
+                )
+            )
+            conn.execute(
+                t.events.insert().values(
+                    instance_id=iid,
+                    seq=1,
+                    kind="started",
+                    trigger=None,
+                    from_state=None,
+                    to_state=state,
+                    actor_id=actor.id,
+                    actor_roles=roles_list,
+                    actor_unit=actor.unit,
+                    at=now,
+                    data_delta=values,
+                    comment=comment,
+                    prev_hash=GENESIS,
+                    hash=h,
+                )
+            )
+            instance = Instance(
+                iid,
+                workflow,
+                definition.version,
+                state,
+                now,
+                values,
+                unit,
+                parent,
+                external_ref,
+                actor.id,
+                now,
+                now,
+                1,
+            )
             if idempotency_key:
                 self._remember(conn, actor, idempotency_key, request, instance, now)
-        log.info("instance.started", instance_id=iid, workflow=workflow, state=state,
-                 unit=unit, actor=actor.id,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        log.info(
+            "instance.started",
+            instance_id=iid,
+            workflow=workflow,
+            state=state,
+            unit=unit,
+            actor=actor.id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
         return instance
 
     # ------------------------------------------------------------------ fire
@@ -381,8 +472,13 @@ class Engine:
         """
         started = time.perf_counter()
         incoming = dict(data or {})
-        request = {"op": "fire", "instance": instance_id, "trigger": trigger,
-                   "data": incoming, "comment": comment}
+        request = {
+            "op": "fire",
+            "instance": instance_id,
+            "trigger": trigger,
+            "data": incoming,
+            "comment": comment,
+        }
         with self._write() as conn:
             if idempotency_key:
                 replay = self._replay(conn, actor, idempotency_key, request)
@@ -406,46 +502,92 @@ class Engine:
             machine = machine_for(definition)
             new_state = machine.fire(row.state, trigger, ctx)
             if new_state is None or ctx.chosen is None:
-                raise _refusal(instance_id, trigger, ctx.refusals(machine, row.state, trigger),
-                               ctx.data_errors)
+                raise _refusal(
+                    instance_id, trigger, ctx.refusals(machine, row.state, trigger), ctx.data_errors
+                )
             spec = ctx.chosen
             entered = now if spec.to is not None else row.state_entered_at
             seq = row.last_seq + 1
             roles_list = sorted(actor.roles)
             kind = "transition" if spec.to is not None else "action"
             h = event_hash(
-                prev_hash=row.last_hash, instance_id=instance_id, seq=seq, kind=kind,
-                trigger=trigger, from_state=row.state, to_state=new_state, actor_id=actor.id,
-                actor_roles=roles_list, actor_unit=actor.unit, at=now, data_delta=ctx.delta,
+                prev_hash=row.last_hash,
+                instance_id=instance_id,
+                seq=seq,
+                kind=kind,
+                trigger=trigger,
+                from_state=row.state,
+                to_state=new_state,
+                actor_id=actor.id,
+                actor_roles=roles_list,
+                actor_unit=actor.unit,
+                at=now,
+                data_delta=ctx.delta,
                 comment=comment,
             )
             result = conn.execute(
                 t.instances.update()
                 .where(t.instances.c.id == instance_id, t.instances.c.version == row.version)
-                .values(state=new_state, state_entered_at=entered, data=ctx.new_data,
-                        version=row.version + 1, last_seq=seq, last_hash=h, updated_at=now)
+                .values(
+                    state=new_state,
+                    state_entered_at=entered,
+                    data=ctx.new_data,
+                    version=row.version + 1,
+                    last_seq=seq,
+                    last_hash=h,
+                    updated_at=now,
+                )
             )
             if result.rowcount != 1:
                 current = conn.execute(
                     sa.select(t.instances.c.state).where(t.instances.c.id == instance_id)
                 ).scalar()
                 raise ConcurrencyConflict(instance_id, row.version, current)
-            conn.execute(t.events.insert().values(
-                instance_id=instance_id, seq=seq, kind=kind, trigger=trigger,
-                from_state=row.state, to_state=new_state, actor_id=actor.id,
-                actor_roles=roles_list, actor_unit=actor.unit, at=now, data_delta=ctx.delta,
-                comment=comment, prev_hash=row.last_hash, hash=h,
-            ))
+            conn.execute(
+                t.events.insert().values(
+                    instance_id=instance_id,
+                    seq=seq,
+                    kind=kind,
+                    trigger=trigger,
+                    from_state=row.state,
+                    to_state=new_state,
+                    actor_id=actor.id,
+                    actor_roles=roles_list,
+                    actor_unit=actor.unit,
+                    at=now,
+                    data_delta=ctx.delta,
+                    comment=comment,
+                    prev_hash=row.last_hash,
+                    hash=h,
+                )
+            )
             instance = Instance(
-                instance_id, row.workflow, row.workflow_version, new_state, entered,
-                ctx.new_data, row.unit, row.parent_id, row.external_ref, row.created_by,
-                row.created_at, now, row.version + 1,
+                instance_id,
+                row.workflow,
+                row.workflow_version,
+                new_state,
+                entered,
+                ctx.new_data,
+                row.unit,
+                row.parent_id,
+                row.external_ref,
+                row.created_by,
+                row.created_at,
+                now,
+                row.version + 1,
             )
             if idempotency_key:
                 self._remember(conn, actor, idempotency_key, request, instance, now)
-        log.info("transition", instance_id=instance_id, workflow=row.workflow,
-                 trigger=trigger, from_state=row.state, to_state=new_state, actor=actor.id,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        log.info(
+            "transition",
+            instance_id=instance_id,
+            workflow=row.workflow,
+            trigger=trigger,
+            from_state=row.state,
+            to_state=new_state,
+            actor=actor.id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
         return instance
 
     def available(self, instance_id: str, *, actor: Actor) -> list[TriggerOption]:
@@ -455,7 +597,9 @@ class Engine:
         :meth:`fire`; a guard that needs such data is reported as allowed.
         """
         with self._read() as conn:
-            row = conn.execute(sa.select(t.instances).where(t.instances.c.id == instance_id)).first()
+            row = conn.execute(
+                sa.select(t.instances).where(t.instances.c.id == instance_id)
+            ).first()
             if row is None or not self._visible(actor, row.unit):
                 raise InstanceNotFound(instance_id)
             definition = self._load_definition(conn, row.workflow, row.workflow_version)
@@ -491,7 +635,9 @@ class Engine:
     def get(self, instance_id: str, *, actor: Actor | None = None) -> Instance:
         """Return an instance; outside *actor*'s units it does not exist."""
         with self._read() as conn:
-            row = conn.execute(sa.select(t.instances).where(t.instances.c.id == instance_id)).first()
+            row = conn.execute(
+                sa.select(t.instances).where(t.instances.c.id == instance_id)
+            ).first()
         if row is None or not self._visible(actor, row.unit):
             raise InstanceNotFound(instance_id)
         return _instance(row)
@@ -541,7 +687,9 @@ class Engine:
         self.get(instance_id, actor=actor)
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(t.events).where(t.events.c.instance_id == instance_id).order_by(t.events.c.seq)
+                sa.select(t.events)
+                .where(t.events.c.instance_id == instance_id)
+                .order_by(t.events.c.seq)
             ).all()
         return [_event(r) for r in rows]
 
@@ -557,7 +705,9 @@ class Engine:
                 raise InstanceNotFound(instance_id)
             for head in heads:
                 rows = conn.execute(
-                    sa.select(t.events).where(t.events.c.instance_id == head.id).order_by(t.events.c.seq)
+                    sa.select(t.events)
+                    .where(t.events.c.instance_id == head.id)
+                    .order_by(t.events.c.seq)
                 ).all()
                 rows = [_event(r) for r in rows]
                 breaks.extend(verify_chain(head.id, rows, (head.last_seq, head.last_hash)))
@@ -565,8 +715,9 @@ class Engine:
 
     # ------------------------------------------------------------------ idempotency
 
-    def _replay(self, conn: sa.Connection, actor: Actor, key: str,
-                request: Mapping[str, Any]) -> Instance | None:
+    def _replay(
+        self, conn: sa.Connection, actor: Actor, key: str, request: Mapping[str, Any]
+    ) -> Instance | None:
         row = conn.execute(
             sa.select(t.idempotency).where(
                 t.idempotency.c.actor_id == actor.id, t.idempotency.c.key == key
@@ -581,12 +732,25 @@ class Engine:
             )
         return Instance.from_dict(row.result, replayed=True)
 
-    def _remember(self, conn: sa.Connection, actor: Actor, key: str,
-                  request: Mapping[str, Any], instance: Instance, now: datetime) -> None:
-        conn.execute(t.idempotency.insert().values(
-            actor_id=actor.id, key=key, request_hash=_request_hash(request),
-            instance_id=instance.id, result=instance.to_dict(), created_at=now,
-        ))
+    def _remember(
+        self,
+        conn: sa.Connection,
+        actor: Actor,
+        key: str,
+        request: Mapping[str, Any],
+        instance: Instance,
+        now: datetime,
+    ) -> None:
+        conn.execute(
+            t.idempotency.insert().values(
+                actor_id=actor.id,
+                key=key,
+                request_hash=_request_hash(request),
+                instance_id=instance.id,
+                result=instance.to_dict(),
+                created_at=now,
+            )
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -611,8 +775,9 @@ def _store_error(exc: sa.exc.SQLAlchemyError) -> SangkienError:
     return StoreError(f"database error: {message}")
 
 
-def _refusal(instance_id: str | None, trigger: str, reasons: list[str],
-             data_errors: list[str]) -> TransitionNotAllowed:
+def _refusal(
+    instance_id: str | None, trigger: str, reasons: list[str], data_errors: list[str]
+) -> TransitionNotAllowed:
     if data_errors and len(data_errors) == len(reasons):
         return InvalidData(instance_id, trigger, reasons)
     return TransitionNotAllowed(instance_id, trigger, reasons)
@@ -623,7 +788,11 @@ def _empty(v: Any) -> bool:
 
 
 def _missing_required(fields: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
-    return [f"field {n!r} is required" for n, f in fields.items() if f.required and _empty(values.get(n))]
+    return [
+        f"field {n!r} is required"
+        for n, f in fields.items()
+        if f.required and _empty(values.get(n))
+    ]
 
 
 def _label(label: Any, lang: str = "vi") -> str | None:
@@ -634,31 +803,65 @@ def _label(label: Any, lang: str = "vi") -> str | None:
 
 def _instance(row: Any) -> Instance:
     return Instance(
-        row.id, row.workflow, row.workflow_version, row.state, row.state_entered_at,
-        dict(row.data), row.unit, row.parent_id, row.external_ref, row.created_by,
-        row.created_at, row.updated_at, row.version,
+        row.id,
+        row.workflow,
+        row.workflow_version,
+        row.state,
+        row.state_entered_at,
+        dict(row.data),
+        row.unit,
+        row.parent_id,
+        row.external_ref,
+        row.created_by,
+        row.created_at,
+        row.updated_at,
+        row.version,
     )
 
 
 def _event(row: Any) -> Event:
     return Event(
-        row.instance_id, row.seq, row.kind, row.trigger, row.from_state, row.to_state,
-        row.actor_id, tuple(row.actor_roles), row.actor_unit, row.at, dict(row.data_delta),
-        row.comment, row.prev_hash, row.hash,
+        row.instance_id,
+        row.seq,
+        row.kind,
+        row.trigger,
+        row.from_state,
+        row.to_state,
+        row.actor_id,
+        tuple(row.actor_roles),
+        row.actor_unit,
+        row.at,
+        dict(row.data_delta),
+        row.comment,
+        row.prev_hash,
+        row.hash,
     )
 
 
 def _parent_view(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "workflow": row.workflow, "state": row.state, "unit": row.unit,
-            "data": dict(row.data)}
+    return {
+        "id": row.id,
+        "workflow": row.workflow,
+        "state": row.state,
+        "unit": row.unit,
+        "data": dict(row.data),
+    }
 
 
 class _Scope:
     """Builds the expression scope lazily and evaluates guards and set effects."""
 
-    def __init__(self, definition: Definition, data: Mapping[str, Any], incoming: Mapping[str, Any],
-                 actor: Actor, now: datetime, entered: datetime | None,
-                 instance: Mapping[str, Any], parent: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        definition: Definition,
+        data: Mapping[str, Any],
+        incoming: Mapping[str, Any],
+        actor: Actor,
+        now: datetime,
+        entered: datetime | None,
+        instance: Mapping[str, Any],
+        parent: Mapping[str, Any] | None,
+    ) -> None:
         self.definition = definition
         self.data = data
         self.incoming = incoming
@@ -675,8 +878,11 @@ class _Scope:
             scope: dict[str, Any] = {
                 "data": d.coerce_for_cel(self.data),
                 "input": d.coerce_for_cel(self.incoming),
-                "actor": {"id": self.actor.id, "roles": sorted(self.actor.roles),
-                          "unit": self.actor.unit or ""},
+                "actor": {
+                    "id": self.actor.id,
+                    "roles": sorted(self.actor.roles),
+                    "unit": self.actor.unit or "",
+                },
                 "now": self.now,
                 "instance": {k: ("" if v is None else v) for k, v in self.instance.items()},
             }
@@ -750,9 +956,18 @@ def _from_cel(value: Any, kind: str) -> Any:
 class _FireContext:
     """Checks one candidate transition for the machine; remembers why others failed."""
 
-    def __init__(self, definition: Definition, row: Any, parent: Any, actor: Actor,
-                 incoming: Mapping[str, Any], comment: str | None, now: datetime,
-                 *, probe: bool = False) -> None:
+    def __init__(
+        self,
+        definition: Definition,
+        row: Any,
+        parent: Any,
+        actor: Actor,
+        incoming: Mapping[str, Any],
+        comment: str | None,
+        now: datetime,
+        *,
+        probe: bool = False,
+    ) -> None:
         self.definition = definition
         self.row = row
         self.parent = parent
@@ -783,8 +998,10 @@ class _FireContext:
             msg = f"role {' or '.join(spec.roles)} required; you have {have}"
             held = set(spec.roles) & self.definition.starter_roles & set(self.actor.roles)
             if held:
-                msg += (f" (role {', '.join(sorted(held))} is held on this instance only by "
-                        f"its starter, {self.row.created_by!r})")
+                msg += (
+                    f" (role {', '.join(sorted(held))} is held on this instance only by "
+                    f"its starter, {self.row.created_by!r})"
+                )
             reasons.append(msg)
         if not self.probe and spec.comment == "required" and not (self.comment or "").strip():
             reasons.append(f"a comment giving the reasons is required for {spec.trigger!r}")
@@ -797,13 +1014,25 @@ class _FireContext:
             return self._refuse(spec, reasons)
         values = {**self.row.data, **given}
         instance_view = {
-            "id": self.row.id, "workflow": self.row.workflow, "version": self.row.workflow_version,
-            "state": self.row.state, "unit": self.row.unit, "created_by": self.row.created_by,
-            "external_ref": self.row.external_ref, "parent_id": self.row.parent_id,
+            "id": self.row.id,
+            "workflow": self.row.workflow,
+            "version": self.row.workflow_version,
+            "state": self.row.state,
+            "unit": self.row.unit,
+            "created_by": self.row.created_by,
+            "external_ref": self.row.external_ref,
+            "parent_id": self.row.parent_id,
         }
-        scope = _Scope(self.definition, values, given, self.actor, self.now,
-                       self.row.state_entered_at, instance_view,
-                       _parent_view(self.parent) if self.parent is not None else None)
+        scope = _Scope(
+            self.definition,
+            values,
+            given,
+            self.actor,
+            self.now,
+            self.row.state_entered_at,
+            instance_view,
+            _parent_view(self.parent) if self.parent is not None else None,
+        )
         if spec.when:
             reasons.extend(scope.guard(spec.when, probe=self.probe))
         if reasons:
@@ -832,10 +1061,13 @@ class _FireContext:
         if not self.tried:
             if trigger not in machine.triggers:
                 known = ", ".join(sorted(machine.triggers))
-                return [f"workflow {self.definition.key!r} has no trigger {trigger!r} (triggers: {known})"]
+                key = self.definition.key
+                return [f"workflow {key!r} has no trigger {trigger!r} (triggers: {known})"]
             here = sorted({s.trigger for s in machine.candidates(state)})
-            return [f"{trigger!r} cannot be fired from state {state!r}; "
-                    f"from there: {', '.join(here) or 'nothing (final state)'}"]
+            return [
+                f"{trigger!r} cannot be fired from state {state!r}; "
+                f"from there: {', '.join(here) or 'nothing (final state)'}"
+            ]
         if len(self.tried) == 1:
             return self.tried[0][1]
         out = []

@@ -1,10 +1,10 @@
 """Test doubles for hosts testing their own workflows with sangkien.
 
-    from sangkien.testing import FrozenClock, engine_for_tests
+from sangkien.testing import FrozenClock, engine_for_tests
 
-    def test_my_workflow(tmp_path):
-        engine = engine_for_tests(tmp_path, workflows=["workflows/my.yaml"])
-        ...
+def test_my_workflow(tmp_path):
+    engine = engine_for_tests(tmp_path, workflows=["workflows/my.yaml"])
+    ...
 """
 
 from __future__ import annotations

@@ -12,9 +12,7 @@ from sangkien.expressions import CompiledExpression, ExpressionError, compile_ex
 __all__ = ["check_semantics"]
 
 
-def check_semantics(
-    wf: Any, doc: Located
-) -> tuple[dict[str, CompiledExpression], list[Problem]]:
+def check_semantics(wf: Any, doc: Located) -> tuple[dict[str, CompiledExpression], list[Problem]]:
     """Return the compiled expressions of *wf* and every problem found in it."""
     return _Checker(wf, doc).run()
 
@@ -55,15 +53,33 @@ class _Checker:
             if spec.type == "enum" and not spec.values:
                 self.error(path, f"field {name!r} is an enum and needs 'values'")
             if spec.values is not None and spec.type != "enum":
-                self.error((*path, "values"), f"'values' only applies to enum fields; {name!r} is {spec.type}")
+                self.error(
+                    (*path, "values"),
+                    f"'values' only applies to enum fields; {name!r} is {spec.type}",
+                )
             if spec.items is not None and spec.type != "list":
-                self.error((*path, "items"), f"'items' only applies to list fields; {name!r} is {spec.type}")
-            if (spec.min is not None or spec.max is not None) and spec.type not in ("integer", "number"):
-                self.error(path, f"'min'/'max' only apply to integer and number fields; {name!r} is {spec.type}")
+                self.error(
+                    (*path, "items"),
+                    f"'items' only applies to list fields; {name!r} is {spec.type}",
+                )
+            if (spec.min is not None or spec.max is not None) and spec.type not in (
+                "integer",
+                "number",
+            ):
+                self.error(
+                    path,
+                    f"'min'/'max' only apply to integer and number fields; {name!r} is {spec.type}",
+                )
             if spec.min is not None and spec.max is not None and spec.min > spec.max:
-                self.error((*path, "min"), f"field {name!r}: min {spec.min} is greater than max {spec.max}")
+                self.error(
+                    (*path, "min"),
+                    f"field {name!r}: min {_num(spec.min)} is greater than max {_num(spec.max)}",
+                )
             if spec.pattern is not None and spec.type not in ("string", "text"):
-                self.error((*path, "pattern"), f"'pattern' only applies to string fields; {name!r} is {spec.type}")
+                self.error(
+                    (*path, "pattern"),
+                    f"'pattern' only applies to string fields; {name!r} is {spec.type}",
+                )
             if spec.default is not None:
                 from sangkien.fields import check_value
 
@@ -75,13 +91,23 @@ class _Checker:
         states = self.wf.states
         initial = [n for n, s in states.items() if s.initial]
         if not initial:
-            self.error(("states",), "no initial state; mark exactly one state with 'initial: true'", key=True)
+            self.error(
+                ("states",),
+                "no initial state; mark exactly one state with 'initial: true'",
+                key=True,
+            )
         for extra in initial[1:]:
-            self.error(("states", extra), f"several initial states ({', '.join(initial)}); "
-                       "exactly one state may have 'initial: true'", key=True)
+            self.error(
+                ("states", extra),
+                f"several initial states ({', '.join(initial)}); "
+                "exactly one state may have 'initial: true'",
+                key=True,
+            )
         for name, spec in states.items():
             if spec.initial and spec.final:
-                self.error(("states", name), f"state {name!r} cannot be both initial and final", key=True)
+                self.error(
+                    ("states", name), f"state {name!r} cannot be both initial and final", key=True
+                )
 
     def check_start(self) -> None:
         start = self.wf.start
@@ -103,13 +129,23 @@ class _Checker:
             for j, src in enumerate(t.sources):
                 path = (*base, "from", j) if isinstance(t.source, list) else (*base, "from")
                 if src not in states:
-                    self.error(path, f"transition {t.trigger!r} leaves unknown state {src!r}{_hint(src, states)}")
+                    self.error(
+                        path,
+                        f"transition {t.trigger!r} leaves unknown state {src!r}"
+                        + _hint(src, states),
+                    )
                 elif states[src].final:
-                    self.error(path, f"final state {src!r} cannot have outgoing transitions "
-                               f"({t.trigger!r}); remove 'final' or the transition")
+                    self.error(
+                        path,
+                        f"final state {src!r} cannot have outgoing transitions "
+                        f"({t.trigger!r}); remove 'final' or the transition",
+                    )
                 seen[(t.trigger, src)].append(i)
             if t.to is not None and t.to not in states:
-                self.error((*base, "to"), f"transition {t.trigger!r} enters unknown state {t.to!r}{_hint(t.to, states)}")
+                self.error(
+                    (*base, "to"),
+                    f"transition {t.trigger!r} enters unknown state {t.to!r}{_hint(t.to, states)}",
+                )
             for j, role in enumerate(t.roles):
                 self._role((*base, "roles", j), role)
             for j, f in enumerate(t.requires):
@@ -129,10 +165,12 @@ class _Checker:
             dup = len({g for g in guards if g}) < len([g for g in guards if g])
             if unguarded or dup:
                 later = idxs[1]
-                self.error(("transitions", later, "trigger"),
-                           f"ambiguous transitions: {trigger!r} from {src!r} is defined "
-                           f"{len(idxs)} times (transitions {', '.join(str(i + 1) for i in idxs)}) "
-                           "without distinct 'when' guards to choose between them")
+                self.error(
+                    ("transitions", later, "trigger"),
+                    f"ambiguous transitions: {trigger!r} from {src!r} is defined "
+                    f"{len(idxs)} times (transitions {', '.join(str(i + 1) for i in idxs)}) "
+                    "without distinct 'when' guards to choose between them",
+                )
 
     def check_graph(self) -> None:
         states = self.wf.states
@@ -151,12 +189,18 @@ class _Checker:
                     reached.add(nxt)
                     todo.append(nxt)
         for name, spec in states.items():
-            if name not in reached:
-                self.error(("states", name), f"state {name!r} is unreachable from the initial "
-                           f"state {initial[0]!r}", key=True)
+            if name not in reached and not spec.initial:
+                self.error(
+                    ("states", name),
+                    f"state {name!r} is unreachable from the initial state {initial[0]!r}",
+                    key=True,
+                )
             elif not spec.final and not any(t != name for t in edges[name]):
-                self.warn(("states", name), f"state {name!r} is not final but no transition leads "
-                          "out of it", key=True)
+                self.warn(
+                    ("states", name),
+                    f"state {name!r} is not final but no transition leads out of it",
+                    key=True,
+                )
 
     # ---------------------------------------------------------------- helpers
 
@@ -166,8 +210,11 @@ class _Checker:
 
     def _field(self, path: tuple[Any, ...], name: str, *, key: bool = False) -> None:
         if name not in self.fields:
-            self.error(path, f"unknown field {name!r}; declare it under 'fields'{_hint(name, self.fields)}",
-                       key=key)
+            self.error(
+                path,
+                f"unknown field {name!r}; declare it under 'fields'{_hint(name, self.fields)}",
+                key=key,
+            )
 
     def _expr(self, path: tuple[Any, ...], source: str, *, allow_state: bool = True) -> None:
         scope = {"data", "actor", "now", "instance", "input"}
@@ -189,11 +236,15 @@ class _Checker:
                 continue  # the parent's fields are checked when the parent is known at runtime
             if ref.name not in self.fields:
                 line, col = self.doc.text_position(path, *compiled.position(ref.offset))
-                self.problems.append(Problem(
-                    self.doc.file, line, col,
-                    f"unknown field {ref.name!r} in expression; declare it under 'fields'"
-                    f"{_hint(ref.name, self.fields)}",
-                ))
+                self.problems.append(
+                    Problem(
+                        self.doc.file,
+                        line,
+                        col,
+                        f"unknown field {ref.name!r} in expression; declare it under 'fields'"
+                        f"{_hint(ref.name, self.fields)}",
+                    )
+                )
         self.expressions[source] = compiled
 
 
@@ -202,3 +253,7 @@ def _hint(name: str, known: Any) -> str:
 
     match = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sangkien.definition import load_definition, parse_definition
 from sangkien.errors import DefinitionError, Problem
 
@@ -55,32 +54,7 @@ transitions:
 """
 
 # Corpus files the engine gets wrong today; the reason names the engine code at fault.
-_TEXT_POSITION = (
-    "engine bug: Located.text_position (engine/_yaml.py) maps expression offsets as if the "
-    "YAML scalar were the raw source text"
-)
-ENGINE_BUGS: dict[str, str] = {
-    "invalid_name_state_key.yaml": (
-        "engine bug: _data_path drops the '[key]' loc part, so a bad mapping key is reported at "
-        "its value (8:5) instead of at the key (7:3)"
-    ),
-    "expression_syntax_folded.yaml": _TEXT_POSITION + "; a folded '>' scalar joins lines",
-    "expression_unknown_field_folded.yaml": _TEXT_POSITION + "; a folded '>-' scalar joins lines",
-    "expression_syntax_plain_multiline.yaml": _TEXT_POSITION
-    + "; a multi-line plain scalar is folded into one line",
-    "expression_syntax_block_leading_blank.yaml": _TEXT_POSITION
-    + "; the indent of a '|' block is read from its first line even when that line is blank",
-    "expression_quoted_escapes.yaml": _TEXT_POSITION
-    + "; escapes (\\\" in double quotes, '' in single quotes) shift the columns",
-    "expression_unknown_name_after_member.yaml": (
-        "engine bug: compile_expression (engine/expressions.py) points at the first identifier "
-        "with that text, here the member 'actor.name', not the free variable 'name'"
-    ),
-    "expression_unknown_function_after_member.yaml": (
-        "engine bug: compile_expression (engine/expressions.py) points at the first token with "
-        "the function's name, here the member 'actor.lenght', not the call 'lenght(...)'"
-    ),
-}
+ENGINE_BUGS: dict[str, str] = {}
 
 # Tell-tales of an internal error leaking into what a user reads.
 LEAKS = (
@@ -172,7 +146,9 @@ def test_corpus_messages_are_clean(path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-PROBLEM_LINE = re.compile(r"^(?P<file>.+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): (?P<msg>.+)$")
+PROBLEM_LINE = re.compile(
+    r"^(?P<file>.+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): (?P<msg>.+)$"
+)
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sangkien._yaml import MAX_BYTES, MAX_NODES, load_yaml
 from sangkien.definition import parse_definition
 from sangkien.errors import DefinitionError, Problem
@@ -186,11 +185,6 @@ def test_non_utf8_bytes_are_reported_with_position(
     assert byte in p.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: load_yaml (engine/_yaml.py) counts the column of a bad byte in bytes, "
-    "while every other position counts characters ('Sáng kiến ' is 10 characters, 13 bytes)",
-)
 def test_non_utf8_column_counts_characters() -> None:
     """The column of a bad byte counts characters, like every other column, not bytes."""
     p = _first("title: Sáng kiến ".encode() + b"\xff\n")
@@ -206,11 +200,6 @@ def test_nul_bytes_are_refused(kind: type) -> None:
     assert "NUL" in p.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: load_yaml (engine/_yaml.py) always reports a NUL at column 1; "
-    "compute it as index - (text.rfind('\\n', 0, index) + 1) + 1",
-)
 def test_nul_byte_column() -> None:
     """A NUL character is reported at its own column."""
     p = _first("workflow: a\nversion: 1\ntitle: ab\x00cd\n")
@@ -237,12 +226,6 @@ def test_control_character_is_refused() -> None:
     _first("workflow: a\nversion: 1\ntitle: ab\x07cd\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: load_yaml (engine/_yaml.py) handles ruamel's ReaderError (not a "
-    "MarkedYAMLError) in the generic branch: position 1:1 and a two-line message "
-    "ending in 'in \"<unicode string>\", position N'",
-)
 def test_control_character_position_and_one_line_message() -> None:
     """A control character is reported at its own line and column in a one-line message."""
     p = _first("workflow: a\nversion: 1\ntitle: ab\x07cd\n")
@@ -270,13 +253,6 @@ def test_deep_nesting_is_a_definition_error(source: str) -> None:
     assert p.line >= 1 and p.column >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="engine bug: a field default nested ~300 deep composes and validates, then "
-    "parse_definition's model_dump raises pydantic's ValueError 'Maximum serialization depth "
-    "exceeded'; _Builder (engine/_yaml.py) should refuse nesting past a MAX_DEPTH",
-)
 def test_moderately_deep_default_is_a_definition_error() -> None:
     """Nesting deep enough to break serialization but not the YAML parser is refused cleanly."""
     depth = 300
@@ -320,6 +296,8 @@ def test_yaml_like_text_only_raises_definition_error(source: str) -> None:
 
 @FUZZ
 @given(st.integers(0, len(VALID)), st.integers(0, 40), _YAMLISH)
-def test_mangled_workflow_only_raises_definition_error(start: int, length: int, insert: str) -> None:
+def test_mangled_workflow_only_raises_definition_error(
+    start: int, length: int, insert: str
+) -> None:
     """A valid workflow with a slice replaced by YAML-like junk loads or raises DefinitionError."""
     _only_definition_errors(VALID[:start] + insert + VALID[start + length:])

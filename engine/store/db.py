@@ -75,7 +75,7 @@ def current_revision(engine: sa.Engine) -> str | None:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(_VERSION_TABLE):
             return None
-        row = conn.exec_driver_sql(f"SELECT version_num FROM {_VERSION_TABLE}").first()
+        row = conn.exec_driver_sql(f"SELECT version_num FROM {_VERSION_TABLE}").first()  # noqa: S608
         return row[0] if row else None
 
 
