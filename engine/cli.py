@@ -572,6 +572,15 @@ def demo(lang: str, keep: str | None) -> None:
     run_demo(lang=lang, keep=keep, echo=click.echo)
 
 
+def _attach_calendar() -> None:
+    from sangkien.calendar_cli import calendar
+
+    cli.add_command(calendar)
+
+
+_attach_calendar()
+
+
 # --------------------------------------------------------------------------- entry point
 
 

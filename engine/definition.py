@@ -29,6 +29,7 @@ __all__ = [
     "SYSTEM_ROLE",
     "Definition",
     "FieldSpec",
+    "Guard",
     "RoleSpec",
     "StartSpec",
     "StateSpec",
@@ -116,14 +117,42 @@ class StateSpec(_Model):
     final: bool = Field(False, description="No transition leaves a final state.")
 
 
+class Guard(_Model):
+    """A guard with the message shown to people when it refuses."""
+
+    check: Expression = Field(description="CEL expression that must be true.")
+    message: Label | None = Field(None, description="Why the action is refused, for people.")
+
+
+When = Annotated[
+    Expression | list[Expression | Guard],
+    Field(
+        description="Guard(s): one CEL expression, or a list of expressions and "
+        "{check, message} items that must all be true."
+    ),
+]
+
+
+def guards_of(when: Any) -> list[tuple[str, Any]]:
+    """Return the (expression, message) pairs of a ``when`` value, in order."""
+    if when is None:
+        return []
+    if isinstance(when, str):
+        return [(when, None)]
+    return [(g, None) if isinstance(g, str) else (g.check, g.message) for g in when]
+
+
 class StartSpec(_Model):
     """Who may start an instance, and under which condition."""
 
     roles: list[Name] | None = Field(
         None, description="Roles allowed to start (any role in the unit when omitted)."
     )
-    when: Expression | None = Field(None, description="Guard evaluated before starting.")
+    when: When | None = Field(None, description="Guard(s) evaluated before starting.")
     requires: list[Name] = Field(default_factory=list, description="Fields that must be given.")
+    accepts: list[Name] | None = Field(
+        None, description="Fields the starter may give (any declared field when omitted)."
+    )
     set: dict[Name, Expression] = Field(
         default_factory=dict, description="Fields computed on start, by expression."
     )
@@ -142,7 +171,7 @@ class TransitionSpec(_Model):
     roles: list[Name] = Field(min_length=1, description="Roles allowed to fire it.")
     label: Label | None = None
     description: str | None = None
-    when: Expression | None = Field(None, description="Guard: a CEL expression that must be true.")
+    when: When | None = Field(None, description="Guard(s) that must be true.")
     requires: list[Name] = Field(
         default_factory=list, description="Fields that must have a value after the transition."
     )
@@ -489,4 +518,4 @@ def is_name(value: str) -> bool:
     return bool(_NAME.match(value))
 
 
-__all__ += ["is_name", "workflow_json_schema"]
+__all__ += ["guards_of", "is_name", "workflow_json_schema"]

@@ -76,6 +76,10 @@ _TOKEN = re.compile(
     r"""|(?P<op>.)""",
     re.S,
 )
+_TYPE_NAMES = frozenset(
+    {"int", "uint", "double", "string", "bytes", "bool", "list", "map", "null_type", "type"}
+)
+_GETTERS = frozenset(f for f in _FUNCTIONS if f.startswith("get"))
 _PARSE_POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 
 
@@ -226,7 +230,7 @@ def compile_expression(source: str, scope: Iterable[str] = SCOPE_NAMES) -> Compi
         raise ExpressionError(f"expression does not compile: {message}") from None
     tokens = _tokens(source)
     refs, bound = _scan(tokens)
-    allowed = set(scope) | bound
+    allowed = set(scope) | bound | _TYPE_NAMES
     variables = set(program.variables())
 
     def free(i: int, tok: _Token) -> bool:
@@ -258,6 +262,15 @@ def compile_expression(source: str, scope: Iterable[str] = SCOPE_NAMES) -> Compi
         )
         line, col = _line_col(source, offset)
         raise ExpressionError(f"unknown function {fn!r} in expression", line, col)
+    for i, tok in enumerate(tokens[:-2]):
+        if tok.text in _GETTERS and tokens[i + 1].text == "(" and tokens[i + 2].text != ")":
+            line, col = _line_col(source, tokens[i + 2].offset)
+            raise ExpressionError(
+                f"{tok.text}() takes no time-zone argument here; timestamps are UTC "
+                "(compare dates, or add duration('7h') for Vietnam time)",
+                line,
+                col,
+            )
     return CompiledExpression(source, program, frozenset(variables & set(scope)), refs)
 
 

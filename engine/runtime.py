@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ import sqlalchemy as sa
 import structlog
 
 from sangkien.clock import Clock, SystemClock
-from sangkien.definition import Definition, TransitionSpec, load_definition, parse_definition
+from sangkien.definition import (
+    Definition,
+    TransitionSpec,
+    guards_of,
+    load_definition,
+    parse_definition,
+)
 from sangkien.errors import (
     ConcurrencyConflict,
     DefinitionConflict,
@@ -49,11 +56,30 @@ log = structlog.get_logger("sangkien")
 _READ = {"sangkien_read_only": True}
 
 
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # last millisecond, counter within it
+
+
 def new_id() -> str:
-    """Return a time-ordered UUID (version 7 layout): ids sort by creation time."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    """Return a time-ordered UUID (version 7 layout) that sorts in creation order.
+
+    Within one millisecond the 12-bit ``rand_a`` field is a counter (RFC 9562, method 1),
+    so ids made by one process always increase.
+    """
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _id_last[0]:
+            ms = _id_last[0]
+            _id_last[1] += 1
+            if _id_last[1] > 0xFFF:
+                ms += 1
+                _id_last[1] = 0
+        else:
+            _id_last[1] = 0
+        _id_last[0] = ms
+        counter = _id_last[1]
+    rand = int.from_bytes(os.urandom(8), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64
     value |= 0b10 << 62 | rand & ((1 << 62) - 1)
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -82,8 +108,10 @@ class Engine:
         clock: Clock | None = None,
         units: UnitTree | None = None,
         migrate: bool | None = None,
+        lang: str = "vi",
     ) -> None:
         self._conn: sa.Connection | None = None
+        self.lang = lang
         self._owns_engine = False
         if isinstance(database, str):
             self._db = create_db_engine(database)
@@ -252,6 +280,17 @@ class Engine:
         """Definitions registered through this Engine (newest version of each key)."""
         return [self._latest[k] for k in sorted(self._latest)]
 
+    def _parent_scope(
+        self, conn: sa.Connection, parent_id: str | None, definition: Definition
+    ) -> dict[str, Any] | None:
+        """The parent as expressions see it, loaded only if an expression reads it."""
+        if parent_id is None or not self._parent_used(definition):
+            return None
+        row = conn.execute(sa.select(t.instances).where(t.instances.c.id == parent_id)).first()
+        if row is None:
+            return None
+        return _parent_view(row, self._load_definition(conn, row.workflow, row.workflow_version))
+
     def _parent_used(self, d: Definition) -> bool:
         key = (d.key, d.version)
         used = self._uses_parent.get(key)
@@ -324,6 +363,10 @@ class Engine:
                         f"parent {parent!r} belongs to unit {parent_row.unit!r}, "
                         f"which does not cover unit {unit!r}"
                     )
+            parent_view = None
+            if parent_row is not None:
+                pdef = self._load_definition(conn, parent_row.workflow, parent_row.workflow_version)
+                parent_view = _parent_view(parent_row, pdef)
             starters = definition.starter_roles
             roles = set(actor.roles) | set(starters)
             allowed = wf.start.roles
@@ -333,7 +376,7 @@ class Engine:
                     f"{', '.join(sorted(actor.roles)) or 'no role'}"
                 )
             defaults = {n: f.default for n, f in wf.fields.items() if f.default is not None}
-            given, errors = check_data(wf.fields, incoming)
+            given, errors = check_data(wf.fields, incoming, wf.start.accepts)
             reasons.extend(errors)
             if reasons:
                 raise _refusal(None, "start", reasons, errors)
@@ -358,7 +401,8 @@ class Engine:
                 now,
                 None,
                 instance_view,
-                _parent_view(parent_row) if parent_row is not None else None,
+                parent_view,
+                self.lang,
             )
             if wf.start.when:
                 reasons.extend(scope.guard(wf.start.when))
@@ -492,13 +536,11 @@ class Engine:
             if expected_version is not None and row.version != expected_version:
                 raise ConcurrencyConflict(instance_id, expected_version, row.state)
             definition = self._load_definition(conn, row.workflow, row.workflow_version)
-            parent = None
-            if row.parent_id is not None and self._parent_used(definition):
-                parent = conn.execute(
-                    sa.select(t.instances).where(t.instances.c.id == row.parent_id)
-                ).first()
+            parent = self._parent_scope(conn, row.parent_id, definition)
             now = self.clock.now()
-            ctx = _FireContext(definition, row, parent, actor, incoming, comment, now)
+            ctx = _FireContext(
+                definition, row, parent, actor, incoming, comment, now, lang=self.lang
+            )
             machine = machine_for(definition)
             new_state = machine.fire(row.state, trigger, ctx)
             if new_state is None or ctx.chosen is None:
@@ -603,18 +645,16 @@ class Engine:
             if row is None or not self._visible(actor, row.unit):
                 raise InstanceNotFound(instance_id)
             definition = self._load_definition(conn, row.workflow, row.workflow_version)
-            parent = None
-            if row.parent_id is not None and self._parent_used(definition):
-                parent = conn.execute(
-                    sa.select(t.instances).where(t.instances.c.id == row.parent_id)
-                ).first()
+            parent = self._parent_scope(conn, row.parent_id, definition)
         now = self.clock.now()
         machine = machine_for(definition)
         by_trigger: dict[str, TriggerOption] = {}
         for spec in machine.candidates(row.state):
-            ctx = _FireContext(definition, row, parent, actor, {}, None, now, probe=True)
+            ctx = _FireContext(
+                definition, row, parent, actor, {}, None, now, probe=True, lang=self.lang
+            )
             ok = ctx.check(spec)
-            label = _label(spec.label)
+            label = _label(spec.label, self.lang)
             option = TriggerOption(spec.trigger, spec.to, ok, tuple(ctx.reasons), label)
             prev = by_trigger.get(spec.trigger)
             if prev is None or (option.allowed and not prev.allowed):
@@ -838,13 +878,13 @@ def _event(row: Any) -> Event:
     )
 
 
-def _parent_view(row: Any) -> dict[str, Any]:
+def _parent_view(row: Any, definition: Definition) -> dict[str, Any]:
     return {
         "id": row.id,
         "workflow": row.workflow,
         "state": row.state,
         "unit": row.unit,
-        "data": dict(row.data),
+        "data": definition.coerce_for_cel(row.data),
     }
 
 
@@ -861,8 +901,10 @@ class _Scope:
         entered: datetime | None,
         instance: Mapping[str, Any],
         parent: Mapping[str, Any] | None,
+        lang: str = "vi",
     ) -> None:
         self.definition = definition
+        self.lang = lang
         self.data = data
         self.incoming = incoming
         self.actor = actor
@@ -889,27 +931,24 @@ class _Scope:
             if self.entered is not None:
                 scope["state_entered_at"] = self.entered
             if self.parent is not None:
-                p = dict(self.parent)
-                try:
-                    pdef_data = p["data"]
-                    p["data"] = {k: _temporal(v) for k, v in pdef_data.items()}
-                except (KeyError, AttributeError):
-                    pass
-                scope["parent"] = p
+                scope["parent"] = self.parent
             self._built = scope
         return self._built
 
-    def guard(self, source: str, *, probe: bool = False) -> list[str]:
-        expr = self.definition.expression(source)
-        try:
-            value = expr.evaluate(self.build())
-        except ExpressionError as exc:
-            if probe:
-                return []
-            return [f"guard `{source}` could not be evaluated: {exc}"]
-        if value is not True:
-            return [f"guard `{source}` is not satisfied"]
-        return []
+    def guard(self, when: Any, *, probe: bool = False) -> list[str]:
+        reasons: list[str] = []
+        for source, message in guards_of(when):
+            expr = self.definition.expression(source)
+            try:
+                value = expr.evaluate(self.build())
+            except ExpressionError as exc:
+                if not probe:
+                    reasons.append(f"guard `{source}` could not be evaluated: {exc}")
+                continue
+            if value is not True:
+                text = _label(message, self.lang) if message is not None else None
+                reasons.append(text or f"guard `{source}` is not satisfied")
+        return reasons
 
     def apply_set(self, effects: Mapping[str, str], values: dict[str, Any]) -> list[str]:
         reasons: list[str] = []
@@ -930,17 +969,6 @@ class _Scope:
             self._built = None  # later effects see earlier ones
             self.data = values
         return reasons
-
-
-def _temporal(v: Any) -> Any:
-    if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
-        try:
-            from sangkien.expressions import to_cel
-
-            return to_cel(date.fromisoformat(v))
-        except ValueError:
-            return v
-    return v
 
 
 def _from_cel(value: Any, kind: str) -> Any:
@@ -967,8 +995,10 @@ class _FireContext:
         now: datetime,
         *,
         probe: bool = False,
+        lang: str = "vi",
     ) -> None:
         self.definition = definition
+        self.lang = lang
         self.row = row
         self.parent = parent
         self.actor = actor
@@ -1031,7 +1061,8 @@ class _FireContext:
             self.now,
             self.row.state_entered_at,
             instance_view,
-            _parent_view(self.parent) if self.parent is not None else None,
+            self.parent,
+            self.lang,
         )
         if spec.when:
             reasons.extend(scope.guard(spec.when, probe=self.probe))

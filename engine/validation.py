@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from sangkien._yaml import Located
+from sangkien.definition import guards_of
 from sangkien.errors import Problem
 from sangkien.expressions import CompiledExpression, ExpressionError, compile_expression
 
@@ -115,8 +116,9 @@ class _Checker:
             self._role(("start", "roles", i), role)
         for i, f in enumerate(start.requires):
             self._field(("start", "requires", i), f)
-        if start.when:
-            self._expr(("start", "when"), start.when, allow_state=False)
+        for j, f in enumerate(start.accepts or []):
+            self._field(("start", "accepts", j), f)
+        self._guards(("start", "when"), start.when, allow_state=False)
         for target, expr in start.set.items():
             self._field(("start", "set", target), target, key=True)
             self._expr(("start", "set", target), expr, allow_state=False)
@@ -152,15 +154,16 @@ class _Checker:
                 self._field((*base, "requires", j), f)
             for j, f in enumerate(t.accepts or []):
                 self._field((*base, "accepts", j), f)
-            if t.when:
-                self._expr((*base, "when"), t.when)
+            self._guards((*base, "when"), t.when)
             for target, expr in t.set.items():
                 self._field((*base, "set", target), target, key=True)
                 self._expr((*base, "set", target), expr)
         for (trigger, src), idxs in seen.items():
             if len(idxs) < 2:
                 continue
-            guards = [self.wf.transitions[i].when for i in idxs]
+            guards = [
+                tuple(g for g, _ in guards_of(self.wf.transitions[i].when)) or None for i in idxs
+            ]
             unguarded = [i for i, g in zip(idxs, guards, strict=True) if not g]
             dup = len({g for g in guards if g}) < len([g for g in guards if g])
             if unguarded or dup:
@@ -207,6 +210,18 @@ class _Checker:
     def _role(self, path: tuple[Any, ...], role: str) -> None:
         if role != "system" and role not in self.roles:
             self.error(path, f"role {role!r} is not declared in 'roles'{_hint(role, self.roles)}")
+
+    def _guards(self, path: tuple[Any, ...], when: Any, *, allow_state: bool = True) -> None:
+        if when is None:
+            return
+        if isinstance(when, str):
+            self._expr(path, when, allow_state=allow_state)
+            return
+        for j, g in enumerate(when):
+            if isinstance(g, str):
+                self._expr((*path, j), g, allow_state=allow_state)
+            else:
+                self._expr((*path, j, "check"), g.check, allow_state=allow_state)
 
     def _field(self, path: tuple[Any, ...], name: str, *, key: bool = False) -> None:
         if name not in self.fields:

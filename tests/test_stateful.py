@@ -109,7 +109,9 @@ class LeaveStore(RuleBasedStateMachine):
           choice=st.data())
     def fire_offered(self, pick: int, actor: Actor, choice: st.DataObject) -> None:
         iid = self.ids[pick % len(self.ids)]
-        offered = sorted(o.trigger for o in self.engine.available(iid, actor=actor) if o.allowed)
+        # withdraw ends the instance at once; fire_anything still reaches it
+        offered = sorted(o.trigger for o in self.engine.available(iid, actor=actor)
+                         if o.allowed and o.trigger != "withdraw")
         if not offered:
             return
         name = choice.draw(st.sampled_from(offered), label="offered trigger")
