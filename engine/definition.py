@@ -27,9 +27,13 @@ from sangkien.expressions import CompiledExpression
 
 __all__ = [
     "SYSTEM_ROLE",
+    "ClockSpec",
+    "DeadlineSpec",
     "Definition",
+    "EscalationStep",
     "FieldSpec",
     "Guard",
+    "NotifySpec",
     "RoleSpec",
     "StartSpec",
     "StateSpec",
@@ -108,6 +112,90 @@ class FieldSpec(_Model):
         return v
 
 
+DurationText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A period: '10 working days', '1 month', '3 days', '2 weeks', '4 hours', "
+        "'30 minutes', '1 year', or ISO 8601 ('P1M', 'P10D', 'PT4H').",
+    ),
+]
+
+
+class NotifySpec(_Model):
+    """Who to tell, and with which message template and channels."""
+
+    to: list[str] = Field(
+        min_length=1,
+        description="Recipients: role names (resolved in the instance's unit), 'author' "
+        "(whoever started the instance), 'actor' (whoever acted), or literal addresses.",
+    )
+    template: Name | None = Field(None, description="Message template name.")
+    channels: list[Name] | None = Field(None, description="Channels (default: all configured).")
+
+
+NotifyItem = Annotated[
+    str | NotifySpec,
+    Field(description="A recipient (role, 'author', 'actor') or a {to, template, channels} item."),
+]
+
+
+class EscalationStep(_Model):
+    """What happens once a deadline has passed by *after*."""
+
+    after: DurationText = Field(
+        "0 days", description="Delay after the due time ('0 days': at due)."
+    )
+    label: Label | None = None
+    notify: list[NotifyItem] = Field(default_factory=list, description="Who is told.")
+    fire: Name | None = Field(
+        None, description="Trigger fired by the engine (its roles must include 'system')."
+    )
+    set: dict[Name, Expression] = Field(
+        default_factory=dict, description="Fields set by expression when the step runs."
+    )
+
+
+class DeadlineSpec(_Model):
+    """When a state (or a clock) is due, with reminders before and escalations after."""
+
+    label: Label | None = None
+    after: DurationText | None = Field(
+        None, description="Period counted from entering the state (or from 'from')."
+    )
+    from_: Expression | None = Field(
+        None,
+        alias="from",
+        description="Expression giving the date or time the period counts from "
+        "(e.g. data.first_applied_on); needs 'after'.",
+    )
+    at: Expression | None = Field(
+        None, description="Expression giving the due date or time itself (no 'after')."
+    )
+    remind: list[DurationText] = Field(
+        default_factory=list, description="Reminders, each this long before the due day."
+    )
+    notify: list[NotifyItem] = Field(
+        default_factory=list, description="Who receives the reminders and the overdue notice."
+    )
+    escalate: list[EscalationStep] = Field(
+        default_factory=list, description="Steps taken after the due time, in order."
+    )
+
+
+class ClockSpec(DeadlineSpec):
+    """A named deadline that runs across several states and pauses in others."""
+
+    runs_in: list[Name] = Field(min_length=1, description="States in which the clock runs.")
+    pauses_in: list[Name] = Field(
+        default_factory=list, description="States in which it waits (time there is not counted)."
+    )
+    starts_on: list[Name] | None = Field(
+        None,
+        description="Triggers that start the clock (default: entering a 'runs_in' state).",
+    )
+
+
 class StateSpec(_Model):
     """One state of the workflow."""
 
@@ -115,6 +203,10 @@ class StateSpec(_Model):
     description: str | None = None
     initial: bool = Field(False, description="Instances start here; exactly one state has it.")
     final: bool = Field(False, description="No transition leaves a final state.")
+    deadline: DeadlineSpec | None = Field(None, description="When the state is due.")
+    notify: list[NotifyItem] = Field(
+        default_factory=list, description="Who is told when an instance enters the state."
+    )
 
 
 class Guard(_Model):
@@ -184,6 +276,9 @@ class TransitionSpec(_Model):
     comment: Literal["optional", "required"] = Field(
         "optional", description="'required' for refusals and requests that must give reasons."
     )
+    notify: list[NotifyItem] = Field(
+        default_factory=list, description="Who is told when the transition happens."
+    )
 
     @property
     def sources(self) -> list[str]:
@@ -214,6 +309,9 @@ class Workflow(_Model):
     start: StartSpec = Field(default_factory=StartSpec)  # type: ignore[arg-type]
     states: dict[Name, StateSpec] = Field(min_length=1)
     transitions: list[TransitionSpec] = Field(default_factory=list)
+    clocks: dict[Name, ClockSpec] = Field(
+        default_factory=dict, description="Named deadlines spanning several states."
+    )
 
     @property
     def role_specs(self) -> dict[str, RoleSpec]:
@@ -244,6 +342,10 @@ class Definition:
     @property
     def initial_state(self) -> str:
         return next(name for name, s in self.model.states.items() if s.initial)
+
+    @property
+    def has_deadlines(self) -> bool:
+        return bool(self.model.clocks) or any(s.deadline for s in self.model.states.values())
 
     @property
     def starter_roles(self) -> frozenset[str]:

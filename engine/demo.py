@@ -65,29 +65,42 @@ class _Demo:
         inst = self.engine.start(workflow, actor=actor, **kwargs)
         self.names[inst.id] = name
         self.paths[inst.id] = [inst.state]
-        self.echo(f"{self.clock.now():%Y-%m-%d}  {name:<14} start{'':<17} -> "
-                  f"{self.label(inst, inst.state)}   by {actor.id}")
+        self.echo(
+            f"{self.clock.now():%Y-%m-%d}  {name:<14} start{'':<17} -> "
+            f"{self.label(inst, inst.state)}   by {actor.id}"
+        )
         return inst
 
-    def fire(self, inst: Instance, trigger: str, actor: Actor,
-             data: Mapping[str, Any] | None = None, comment: str | None = None) -> Instance:
+    def fire(
+        self,
+        inst: Instance,
+        trigger: str,
+        actor: Actor,
+        data: Mapping[str, Any] | None = None,
+        comment: str | None = None,
+    ) -> Instance:
         before = self.engine.get(inst.id)
         after = self.engine.fire(inst.id, trigger, actor=actor, data=data, comment=comment)
         moved = after.state != before.state
         if moved:
             self.paths[inst.id].append(after.state)
         arrow = f"-> {self.label(after, after.state)}" if moved else "   (recorded, state kept)"
-        self.echo(f"{self.clock.now():%Y-%m-%d}  {self.names[inst.id]:<14} {trigger:<22} "
-                  f"{arrow}   by {actor.id}")
+        self.echo(
+            f"{self.clock.now():%Y-%m-%d}  {self.names[inst.id]:<14} {trigger:<22} "
+            f"{arrow}   by {actor.id}"
+        )
         return after
 
-    def refused(self, inst: Instance, trigger: str, actor: Actor,
-                data: Mapping[str, Any] | None = None) -> None:
+    def refused(
+        self, inst: Instance, trigger: str, actor: Actor, data: Mapping[str, Any] | None = None
+    ) -> None:
         try:
             self.engine.fire(inst.id, trigger, actor=actor, data=data)
         except TransitionNotAllowed as exc:
-            self.echo(f"{self.clock.now():%Y-%m-%d}  {self.names[inst.id]:<14} {trigger:<22} "
-                      f"REFUSED for {actor.id}: {'; '.join(exc.reasons)}")
+            self.echo(
+                f"{self.clock.now():%Y-%m-%d}  {self.names[inst.id]:<14} {trigger:<22} "
+                f"REFUSED for {actor.id}: {'; '.join(exc.reasons)}"
+            )
         else:  # pragma: no cover - the shipped workflows forbid it
             raise AssertionError(f"{trigger} by {actor.id} should have been refused")
 
@@ -95,8 +108,9 @@ class _Demo:
         self.clock.advance(timedelta(days=days))
 
 
-def run_demo(*, lang: str = "vi", keep: str | None = None,
-             echo: Callable[[str], None] = print) -> dict[str, list[str]]:
+def run_demo(
+    *, lang: str = "vi", keep: str | None = None, echo: Callable[[str], None] = print
+) -> dict[str, list[str]]:
     """Run the demo; return each instance's name and the states it passed through."""
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
@@ -108,8 +122,9 @@ def run_demo(*, lang: str = "vi", keep: str | None = None,
         clock = FrozenClock(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
         units = StaticUnitTree({PROVINCE: None, COMMUNE: PROVINCE})
         workflows = sorted(shipped_workflows_dir().glob("*.yaml"))
-        engine = Engine(f"sqlite:///{path}", workflows=workflows, clock=clock, units=units,
-                        lang=lang)
+        engine = Engine(
+            f"sqlite:///{path}", workflows=workflows, clock=clock, units=units, lang=lang
+        )
         try:
             result = _story(_Demo(engine, clock, lang, echo))
             breaks = engine.verify()
@@ -118,8 +133,10 @@ def run_demo(*, lang: str = "vi", keep: str | None = None,
             for name, states in result.items():
                 echo(f"  {name:<14} {' -> '.join(states)}")
             echo("")
-            echo(f"History hash chains: {'intact' if not breaks else f'{len(breaks)} broken'}"
-                 f" ({sum(len(v) for v in result.values())} states recorded)")
+            echo(
+                f"History hash chains: {'intact' if not breaks else f'{len(breaks)} broken'}"
+                f" ({sum(len(v) for v in result.values())} states recorded)"
+            )
             if keep:
                 echo(f"Database kept at {path}")
         finally:
@@ -132,7 +149,10 @@ def _story(demo: _Demo) -> dict[str, list[str]]:
     echo("sangkien demo: a commune People's Committee campaign on administrative reform")
     echo("")
     campaign = demo.start(
-        "campaign", "campaign", OFFICER, unit=COMMUNE,
+        "campaign",
+        "campaign",
+        OFFICER,
+        unit=COMMUNE,
         data={
             "title": "Phong trào thi đua đăng ký sáng kiến về cải cách hành chính năm 2026",
             "topic": "Cải cách hành chính",
@@ -140,19 +160,39 @@ def _story(demo: _Demo) -> dict[str, list[str]]:
             "submission_deadline": "2026-09-30",
         },
     )
-    campaign = demo.fire(campaign, "launch", CHAIR,
-                         {"decision_number": "15/KH-UBND", "launched_on": "2026-03-02"})
+    campaign = demo.fire(
+        campaign, "launch", CHAIR, {"decision_number": "15/KH-UBND", "launched_on": "2026-03-02"}
+    )
     demo.advance(3)
 
-    a = demo.start("initiative A", "initiative", AUTHOR_A, parent=campaign.id,
-                   data={"title": "Tiếp nhận hồ sơ một cửa qua Zalo"})
-    b = demo.start("initiative B", "initiative", AUTHOR_B, parent=campaign.id,
-                   data={"title": "Số hóa sổ hộ tịch"})
-    c = demo.start("initiative C", "initiative", AUTHOR_C, parent=campaign.id,
-                   data={"title": "Phiếu hẹn điện tử"})
+    a = demo.start(
+        "initiative A",
+        "initiative",
+        AUTHOR_A,
+        parent=campaign.id,
+        data={"title": "Tiếp nhận hồ sơ một cửa qua Zalo"},
+    )
+    b = demo.start(
+        "initiative B",
+        "initiative",
+        AUTHOR_B,
+        parent=campaign.id,
+        data={"title": "Số hóa sổ hộ tịch"},
+    )
+    c = demo.start(
+        "initiative C",
+        "initiative",
+        AUTHOR_C,
+        parent=campaign.id,
+        data={"title": "Phiếu hẹn điện tử"},
+    )
     for inst, author in ((a, AUTHOR_A), (b, AUTHOR_B), (c, AUTHOR_C)):
-        demo.fire(inst, "register", author,
-                  {"authors": [demo.names[inst.id]], "plan": "Áp dụng thử tại bộ phận một cửa"})
+        demo.fire(
+            inst,
+            "register",
+            author,
+            {"authors": [demo.names[inst.id]], "plan": "Áp dụng thử tại bộ phận một cửa"},
+        )
     demo.advance(10)
     demo.fire(c, "withdraw", AUTHOR_C, comment="Chuyển công tác")
 
@@ -163,12 +203,15 @@ def _story(demo: _Demo) -> dict[str, list[str]]:
     for inst, author, name in ((a, AUTHOR_A, "Nguyễn Văn An"), (b, AUTHOR_B, "Đặng Thị Bình")):
         demo.fire(inst, "update", author, _application(name, demo.names[inst.id]))
         demo.fire(inst, "submit", author)
-        demo.fire(inst, "issue_receipt", SECRETARY,
-                  {"receipt_number": f"BN-{inst.id[:4]}", "answer_due_on": "2026-06-15"})
+        demo.fire(
+            inst,
+            "issue_receipt",
+            SECRETARY,
+            {"receipt_number": f"BN-{inst.id[:4]}", "answer_due_on": "2026-06-15"},
+        )
 
     demo.advance(7)
-    demo.fire(b, "request_amendment", SECRETARY,
-              comment="Bổ sung số liệu hiệu quả áp dụng")
+    demo.fire(b, "request_amendment", SECRETARY, comment="Bổ sung số liệu hiệu quả áp dụng")
     demo.advance(10)
     demo.fire(b, "update", AUTHOR_B, {"benefits": "Giảm 40% thời gian tra cứu hộ tịch."})
     demo.fire(b, "resubmit", AUTHOR_B)
@@ -176,25 +219,54 @@ def _story(demo: _Demo) -> dict[str, list[str]]:
     demo.fire(b, "accept", SECRETARY)
 
     demo.advance(30)
-    demo.refused(a, "evaluate", Actor(AUTHOR_A.id, ["council_chair"], COMMUNE),
-                 {"score": 99, "votes_for": 5, "votes_total": 5, "scope": "commune"})
-    demo.fire(a, "evaluate", COUNCIL_CHAIR,
-              {"score": 82, "votes_for": 5, "votes_total": 6, "scope": "commune",
-               "council_meeting_on": "2026-07-10"})
-    demo.fire(b, "evaluate", COUNCIL_CHAIR,
-              {"score": 45, "votes_for": 2, "votes_total": 6, "scope": "commune",
-               "council_meeting_on": "2026-07-10"})
+    demo.refused(
+        a,
+        "evaluate",
+        Actor(AUTHOR_A.id, ["council_chair"], COMMUNE),
+        {"score": 99, "votes_for": 5, "votes_total": 5, "scope": "commune"},
+    )
+    demo.fire(
+        a,
+        "evaluate",
+        COUNCIL_CHAIR,
+        {
+            "score": 82,
+            "votes_for": 5,
+            "votes_total": 6,
+            "scope": "commune",
+            "council_meeting_on": "2026-07-10",
+        },
+    )
+    demo.fire(
+        b,
+        "evaluate",
+        COUNCIL_CHAIR,
+        {
+            "score": 45,
+            "votes_for": 2,
+            "votes_total": 6,
+            "scope": "commune",
+            "council_meeting_on": "2026-07-10",
+        },
+    )
     demo.advance(5)
-    demo.refused(b, "recognize", CHAIR,
-                 {"decision_number": "88/QĐ-UBND", "certificate_number": "GCN-02"})
-    demo.fire(a, "recognize", CHAIR,
-              {"decision_number": "88/QĐ-UBND", "certificate_number": "GCN-01"})
-    demo.fire(b, "not_recognize", CHAIR,
-              comment="Điểm đánh giá dưới mức đạt của phong trào")
+    demo.refused(
+        b, "recognize", CHAIR, {"decision_number": "88/QĐ-UBND", "certificate_number": "GCN-02"}
+    )
+    demo.fire(
+        a, "recognize", CHAIR, {"decision_number": "88/QĐ-UBND", "certificate_number": "GCN-01"}
+    )
+    demo.fire(b, "not_recognize", CHAIR, comment="Điểm đánh giá dưới mức đạt của phong trào")
 
     demo.advance(90)
     campaign = demo.fire(campaign, "start_evaluation", OFFICER)
-    demo.fire(campaign, "conclude", CHAIR,
-              {"conclusion_number": "120/TB-UBND",
-               "summary": "1 sáng kiến được công nhận, 1 không được công nhận, 1 rút."})
+    demo.fire(
+        campaign,
+        "conclude",
+        CHAIR,
+        {
+            "conclusion_number": "120/TB-UBND",
+            "summary": "1 sáng kiến được công nhận, 1 không được công nhận, 1 rút.",
+        },
+    )
     return {demo.names[i]: states for i, states in demo.paths.items()}

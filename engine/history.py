@@ -29,6 +29,7 @@ def event_hash(
     at: datetime,
     data_delta: Mapping[str, Any],
     comment: str | None,
+    detail: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the SHA-256 of the event's canonical JSON, chained to *prev_hash*."""
     body = json.dumps(
@@ -46,6 +47,7 @@ def event_hash(
             at.isoformat(timespec="microseconds"),
             data_delta,
             comment,
+            detail,
         ],
         sort_keys=True,
         ensure_ascii=False,
@@ -100,6 +102,7 @@ def verify_chain(instance_id: str, rows: Iterable[Any], head: tuple[int, str]) -
             at=r.at,
             data_delta=r.data_delta,
             comment=r.comment,
+            detail=r.detail,
         )
         if computed != r.hash:
             breaks.append(

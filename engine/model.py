@@ -110,6 +110,7 @@ class Event:
     comment: str | None
     prev_hash: str
     hash: str
+    detail: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +128,7 @@ class Event:
             "at": self.at.isoformat(),
             "data_delta": dict(self.data_delta),
             "comment": self.comment,
+            "detail": dict(self.detail) if self.detail is not None else None,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }

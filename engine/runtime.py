@@ -13,15 +13,18 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
+from sangkien.calendar import Calendar, Duration, load_calendar, parse_duration
 from sangkien.clock import Clock, SystemClock
+from sangkien.deadlines import DeadlineStatus, Runner, Scheduler, TickResult, spec_of
 from sangkien.definition import (
     Definition,
     TransitionSpec,
@@ -109,9 +112,16 @@ class Engine:
         units: UnitTree | None = None,
         migrate: bool | None = None,
         lang: str = "vi",
+        calendars: Mapping[str, Calendar] | None = None,
+        calendar_dirs: Iterable[str | Path] = (),
+        skip_late_reminders: bool = True,
     ) -> None:
         self._conn: sa.Connection | None = None
         self.lang = lang
+        self._calendars: dict[str, Calendar] = dict(calendars or {})
+        self.calendar_dirs = tuple(calendar_dirs)
+        self._scheduler = Scheduler(self)
+        self._runner = Runner(self, skip_late_reminders=skip_late_reminders)
         self._owns_engine = False
         if isinstance(database, str):
             self._db = create_db_engine(database)
@@ -139,6 +149,361 @@ class Engine:
     @property
     def dialect(self) -> str:
         return self._db.dialect.name
+
+    # ------------------------------------------------------------------ deadlines
+
+    def calendar(self, name: str = "vn") -> Calendar:
+        """The business calendar *name* (shipped data plus ``calendar_dirs``), cached."""
+        cal = self._calendars.get(name)
+        if cal is None:
+            cal = self._calendars[name] = load_calendar(name, self.calendar_dirs)
+        return cal
+
+    def reload_calendars(self) -> None:
+        """Forget cached calendars so the next use reads the data files again."""
+        self._calendars.clear()
+
+    def tick(self, *, now: datetime | None = None, limit: int = 200) -> TickResult:
+        """Fire every reminder, due notice and escalation due by *now* (default: the clock)."""
+        return self._runner.tick(now=now, limit=limit)
+
+    def deadlines(self, instance_id: str, *, actor: Actor | None = None) -> list[DeadlineStatus]:
+        """Open deadlines (state and clocks) of one instance."""
+        self.get(instance_id, actor=actor)
+        return self._deadline_query(instance_id=instance_id, statuses=("active", "paused"))
+
+    def overdue(
+        self,
+        *,
+        unit: str | None = None,
+        workflow: str | None = None,
+        actor: Actor | None = None,
+        now: datetime | None = None,
+        limit: int = 500,
+    ) -> list[DeadlineStatus]:
+        """Deadlines already past due, most late first, per unit and workflow."""
+        now = now or self.clock.now()
+        return self._deadline_query(
+            unit=unit, workflow=workflow, actor=actor, until=now, limit=limit, now=now
+        )
+
+    def due_soon(
+        self,
+        within: str | Duration = "5 working days",
+        *,
+        unit: str | None = None,
+        workflow: str | None = None,
+        actor: Actor | None = None,
+        now: datetime | None = None,
+        limit: int = 500,
+    ) -> list[DeadlineStatus]:
+        """Deadlines not yet due that fall due *within* the given period."""
+        now = now or self.clock.now()
+        horizon = self.calendar().due(now, parse_duration(within))
+        return self._deadline_query(
+            unit=unit,
+            workflow=workflow,
+            actor=actor,
+            since=now,
+            until=horizon,
+            limit=limit,
+            now=now,
+        )
+
+    def _deadline_query(
+        self,
+        *,
+        instance_id: str | None = None,
+        unit: str | None = None,
+        workflow: str | None = None,
+        actor: Actor | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        statuses: tuple[str, ...] = ("active",),
+        limit: int = 500,
+        now: datetime | None = None,
+    ) -> list[DeadlineStatus]:
+        d, i = t.deadlines, t.instances
+        q = (
+            sa.select(d, i.c.state.label("instance_state"), i.c.data.label("instance_data"))
+            .join(i, i.c.id == d.c.instance_id)
+            .where(d.c.status.in_(statuses))
+            .order_by(d.c.due_at, d.c.id)
+            .limit(limit)
+        )
+        if instance_id is not None:
+            q = q.where(d.c.instance_id == instance_id)
+        if unit is not None:
+            q = q.where(d.c.unit == unit)
+        if workflow is not None:
+            q = q.where(d.c.workflow == workflow)
+        if since is not None:
+            q = q.where(d.c.due_at >= since)
+        if until is not None:
+            q = q.where(d.c.due_at < until)
+        if actor is not None and not actor.is_system:
+            if actor.unit is None:
+                return []
+            scope = self.units.subtree(actor.unit)
+            if scope is not None:
+                q = q.where(d.c.unit.in_(sorted(scope)))
+        now = now or self.clock.now()
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+            nxt = {}
+            if rows:
+                nxt = dict(
+                    conn.execute(
+                        sa.select(t.timers.c.deadline_id, sa.func.min(t.timers.c.fire_at))
+                        .where(
+                            t.timers.c.deadline_id.in_([r.id for r in rows]),
+                            t.timers.c.status == "pending",
+                        )
+                        .group_by(t.timers.c.deadline_id)
+                    ).all()
+                )
+            out = []
+            for r in rows:
+                if actor is not None and not self._visible(actor, r.unit):
+                    continue
+                cal = self.calendar(r.calendar)
+                late = now - r.due_at
+                wd_late = 0
+                if late > timedelta(0):
+                    a, b = cal.local_date(r.due_at), cal.local_date(now)
+                    wd_late = sum(
+                        1
+                        for k in range(1, (b - a).days + 1)
+                        if cal.is_working_day(a + timedelta(days=k))
+                    )
+                inst_def = None
+                with suppress(SangkienError):
+                    inst_def = self._definition_for_row(conn, r.instance_id)
+                spec = spec_of(inst_def, r.kind, r.name) if inst_def else None
+                title = r.instance_data.get("title") if isinstance(r.instance_data, dict) else None
+                out.append(
+                    DeadlineStatus(
+                        instance_id=r.instance_id,
+                        workflow=r.workflow,
+                        unit=r.unit,
+                        state=r.instance_state,
+                        kind=r.kind,
+                        name=r.name,
+                        label=_label(spec.label, self.lang) if spec else None,
+                        due_at=r.due_at,
+                        status=r.status,
+                        late_by=late,
+                        working_days_late=wd_late,
+                        escalation_step=r.escalations_done,
+                        escalation_steps=len(spec.escalate) if spec else 0,
+                        next_action_at=nxt.get(r.id),
+                        title=title,
+                    )
+                )
+        if until is not None and since is None:
+            out.sort(key=lambda x: x.due_at)
+        return out
+
+    def _definition_for_row(self, conn: sa.Connection, instance_id: str) -> Definition:
+        row = conn.execute(
+            sa.select(t.instances.c.workflow, t.instances.c.workflow_version).where(
+                t.instances.c.id == instance_id
+            )
+        ).one()
+        return self._load_definition(conn, row.workflow, row.workflow_version)
+
+    def extend_deadline(
+        self,
+        instance_id: str,
+        *,
+        actor: Actor,
+        reason: str,
+        by: str | Duration | None = None,
+        until: date | datetime | None = None,
+        deadline: str | None = None,
+    ) -> list[DeadlineStatus]:
+        """Move an instance's open deadline(s) later, with a reason recorded in history.
+
+        *by* adds a period to the current due time; *until* sets a new due date (end of that
+        day) or time. *deadline* names one ('state' or a clock name); default: all open.
+        """
+        self._extend(
+            [instance_id], actor=actor, reason=reason, by=by, until=until, deadline=deadline
+        )
+        return self.deadlines(instance_id)
+
+    def extend_children(
+        self,
+        parent_id: str,
+        *,
+        actor: Actor,
+        reason: str,
+        by: str | Duration | None = None,
+        until: date | datetime | None = None,
+        deadline: str | None = None,
+    ) -> int:
+        """Extend the open deadlines of every instance under *parent_id* (a whole campaign)."""
+        self.get(parent_id, actor=actor)
+        with self._read() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    sa.select(t.instances.c.id)
+                    .where(t.instances.c.parent_id == parent_id)
+                    .order_by(t.instances.c.id)
+                )
+            ]
+        return self._extend(ids, actor=actor, reason=reason, by=by, until=until, deadline=deadline)
+
+    def _extend(
+        self,
+        instance_ids: list[str],
+        *,
+        actor: Actor,
+        reason: str,
+        by: str | Duration | None,
+        until: date | datetime | None,
+        deadline: str | None,
+    ) -> int:
+        if not reason or not reason.strip():
+            raise TransitionNotAllowed(
+                None, "extend", ["a reason is required to extend a deadline"]
+            )
+        if (by is None) == (until is None):
+            raise TransitionNotAllowed(
+                None, "extend", ["give either by= (a period) or until= (a date)"]
+            )
+        period = str(parse_duration(by)) if by is not None else None
+        now = self.clock.now()
+        count = 0
+        with self._write() as conn:
+            for iid in instance_ids:
+                row = conn.execute(sa.select(t.instances).where(t.instances.c.id == iid)).first()
+                if row is None or not self._visible(actor, row.unit):
+                    raise InstanceNotFound(iid)
+                q = sa.select(t.deadlines).where(
+                    t.deadlines.c.instance_id == iid, t.deadlines.c.status.in_(("active", "paused"))
+                )
+                if deadline is not None:
+                    q = q.where(
+                        sa.or_(t.deadlines.c.name == deadline, t.deadlines.c.kind == deadline)
+                    )
+                drows = conn.execute(q.order_by(t.deadlines.c.id)).all()
+                if not drows:
+                    continue
+                definition = self._load_definition(conn, row.workflow, row.workflow_version)
+                changes = []
+                for d in drows:
+                    shift: dict[str, Any] = {
+                        "kind": "extension",
+                        "reason": reason,
+                        "actor": actor.id,
+                        "at": now.isoformat(),
+                    }
+                    if period is not None:
+                        shift["by"] = period
+                    else:
+                        shift["until"] = until.isoformat()  # type: ignore[union-attr]
+                    shifts = [*d.shifts, shift]
+                    cal = self.calendar(d.calendar)
+                    exact = parse_duration(d.period).exact if d.period else False
+                    new_due = self._scheduler._apply_shifts(cal, d.base_due_at, shifts, exact=exact)
+                    self._scheduler.reschedule(
+                        conn, d, definition, new_due, now, shifts=shifts, escalations_done=0
+                    )
+                    changes.append(
+                        {
+                            "deadline": f"{d.kind}:{d.name}",
+                            "from": d.due_at.isoformat(),
+                            "to": new_due.isoformat(),
+                        }
+                    )
+                    log.info(
+                        "deadline.extended",
+                        instance_id=iid,
+                        deadline=f"{d.kind}:{d.name}",
+                        old_due=d.due_at.isoformat(),
+                        new_due=new_due.isoformat(),
+                        actor=actor.id,
+                    )
+                self._append(
+                    conn,
+                    row,
+                    kind="deadline_extended",
+                    trigger=None,
+                    actor=actor,
+                    to_state=row.state,
+                    data=row.data,
+                    delta={},
+                    comment=reason,
+                    now=now,
+                    detail={
+                        "changes": changes,
+                        "by": period,
+                        "until": until.isoformat() if until else None,
+                    },
+                )
+                count += 1
+        return count
+
+    def recompute_deadlines(self) -> list[dict[str, Any]]:
+        """Recompute open deadlines after calendar data changed; return what moved."""
+        self.reload_calendars()
+        now = self.clock.now()
+        moved: list[dict[str, Any]] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(t.deadlines)
+                .where(t.deadlines.c.status.in_(("active", "paused")))
+                .order_by(t.deadlines.c.id)
+            ).all()
+            for d in rows:
+                cal = self.calendar(d.calendar)
+                if d.calendar_fingerprint == cal.fingerprint:
+                    continue
+                base, due = self._scheduler.recomputed_due(d)
+                inst = conn.execute(
+                    sa.select(t.instances).where(t.instances.c.id == d.instance_id)
+                ).one()
+                definition = self._load_definition(conn, inst.workflow, inst.workflow_version)
+                if due != d.due_at:
+                    self._scheduler.reschedule(
+                        conn,
+                        d,
+                        definition,
+                        due,
+                        now,
+                        base_due_at=base,
+                        calendar_fingerprint=cal.fingerprint,
+                    )
+                    change = {
+                        "instance_id": d.instance_id,
+                        "deadline": f"{d.kind}:{d.name}",
+                        "from": d.due_at.isoformat(),
+                        "to": due.isoformat(),
+                    }
+                    self._append(
+                        conn,
+                        inst,
+                        kind="deadline_recomputed",
+                        trigger=None,
+                        actor=Actor.system("system:calendar"),
+                        to_state=inst.state,
+                        data=inst.data,
+                        delta={},
+                        comment=None,
+                        now=now,
+                        detail={**change, "calendar": cal.name, "fingerprint": cal.fingerprint},
+                    )
+                    log.info("deadline.recomputed", **change, calendar=cal.name)
+                    moved.append(change)
+                else:
+                    conn.execute(
+                        t.deadlines.update()
+                        .where(t.deadlines.c.id == d.id)
+                        .values(calendar_fingerprint=cal.fingerprint)
+                    )
+        return moved
 
     def close(self) -> None:
         """Release the connection pool (only if this Engine created it)."""
@@ -467,6 +832,45 @@ class Engine:
                     hash=h,
                 )
             )
+            if definition.has_deadlines:
+                new_row = _Row(
+                    id=iid,
+                    workflow=workflow,
+                    workflow_version=definition.version,
+                    state=state,
+                    state_entered_at=now,
+                    data=values,
+                    unit=unit,
+                    parent_id=parent,
+                    external_ref=external_ref,
+                    created_by=actor.id,
+                    created_at=now,
+                    updated_at=now,
+                    version=1,
+                    last_seq=1,
+                    last_hash=h,
+                    entered_seq=1,
+                )
+                self._scheduler.on_change(
+                    conn,
+                    definition,
+                    new_row,
+                    trigger=None,
+                    entered=True,
+                    entry_seq=1,
+                    now=now,
+                    scope=_Scope(
+                        definition,
+                        values,
+                        incoming,
+                        actor,
+                        now,
+                        now,
+                        instance_view,
+                        parent_view,
+                        self.lang,
+                    ).build(),
+                )
             instance = Instance(
                 iid,
                 workflow,
@@ -535,89 +939,8 @@ class Engine:
                 raise InstanceNotFound(instance_id)
             if expected_version is not None and row.version != expected_version:
                 raise ConcurrencyConflict(instance_id, expected_version, row.state)
-            definition = self._load_definition(conn, row.workflow, row.workflow_version)
-            parent = self._parent_scope(conn, row.parent_id, definition)
             now = self.clock.now()
-            ctx = _FireContext(
-                definition, row, parent, actor, incoming, comment, now, lang=self.lang
-            )
-            machine = machine_for(definition)
-            new_state = machine.fire(row.state, trigger, ctx)
-            if new_state is None or ctx.chosen is None:
-                raise _refusal(
-                    instance_id, trigger, ctx.refusals(machine, row.state, trigger), ctx.data_errors
-                )
-            spec = ctx.chosen
-            entered = now if spec.to is not None else row.state_entered_at
-            seq = row.last_seq + 1
-            roles_list = sorted(actor.roles)
-            kind = "transition" if spec.to is not None else "action"
-            h = event_hash(
-                prev_hash=row.last_hash,
-                instance_id=instance_id,
-                seq=seq,
-                kind=kind,
-                trigger=trigger,
-                from_state=row.state,
-                to_state=new_state,
-                actor_id=actor.id,
-                actor_roles=roles_list,
-                actor_unit=actor.unit,
-                at=now,
-                data_delta=ctx.delta,
-                comment=comment,
-            )
-            result = conn.execute(
-                t.instances.update()
-                .where(t.instances.c.id == instance_id, t.instances.c.version == row.version)
-                .values(
-                    state=new_state,
-                    state_entered_at=entered,
-                    data=ctx.new_data,
-                    version=row.version + 1,
-                    last_seq=seq,
-                    last_hash=h,
-                    updated_at=now,
-                )
-            )
-            if result.rowcount != 1:
-                current = conn.execute(
-                    sa.select(t.instances.c.state).where(t.instances.c.id == instance_id)
-                ).scalar()
-                raise ConcurrencyConflict(instance_id, row.version, current)
-            conn.execute(
-                t.events.insert().values(
-                    instance_id=instance_id,
-                    seq=seq,
-                    kind=kind,
-                    trigger=trigger,
-                    from_state=row.state,
-                    to_state=new_state,
-                    actor_id=actor.id,
-                    actor_roles=roles_list,
-                    actor_unit=actor.unit,
-                    at=now,
-                    data_delta=ctx.delta,
-                    comment=comment,
-                    prev_hash=row.last_hash,
-                    hash=h,
-                )
-            )
-            instance = Instance(
-                instance_id,
-                row.workflow,
-                row.workflow_version,
-                new_state,
-                entered,
-                ctx.new_data,
-                row.unit,
-                row.parent_id,
-                row.external_ref,
-                row.created_by,
-                row.created_at,
-                now,
-                row.version + 1,
-            )
+            instance = self._fire_row(conn, row, trigger, actor, incoming, comment, now=now)
             if idempotency_key:
                 self._remember(conn, actor, idempotency_key, request, instance, now)
         log.info(
@@ -626,11 +949,202 @@ class Engine:
             workflow=row.workflow,
             trigger=trigger,
             from_state=row.state,
-            to_state=new_state,
+            to_state=instance.state,
             actor=actor.id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return instance
+
+    def _fire_row(
+        self,
+        conn: sa.Connection,
+        row: Any,
+        trigger: str,
+        actor: Actor,
+        incoming: Mapping[str, Any],
+        comment: str | None,
+        *,
+        now: datetime,
+    ) -> Instance:
+        """Check and apply *trigger* to the instance *row* inside the caller's transaction."""
+        definition = self._load_definition(conn, row.workflow, row.workflow_version)
+        parent = self._parent_scope(conn, row.parent_id, definition)
+        ctx = _FireContext(definition, row, parent, actor, incoming, comment, now, lang=self.lang)
+        machine = machine_for(definition)
+        new_state = machine.fire(row.state, trigger, ctx)
+        if new_state is None or ctx.chosen is None:
+            raise _refusal(
+                row.id, trigger, ctx.refusals(machine, row.state, trigger), ctx.data_errors
+            )
+        spec = ctx.chosen
+        entered = spec.to is not None
+        kind = "transition" if entered else "action"
+        new = self._append(
+            conn,
+            row,
+            kind=kind,
+            trigger=trigger,
+            actor=actor,
+            to_state=new_state,
+            data=ctx.new_data,
+            delta=ctx.delta,
+            comment=comment,
+            now=now,
+            entered=entered,
+        )
+        if definition.has_deadlines:
+            self._scheduler.on_change(
+                conn,
+                definition,
+                new,
+                trigger=trigger,
+                entered=entered,
+                entry_seq=new.entered_seq,
+                now=now,
+                scope=ctx.scope_after(new),
+            )
+        return _instance(new)
+
+    def _append(
+        self,
+        conn: sa.Connection,
+        row: Any,
+        *,
+        kind: str,
+        trigger: str | None,
+        actor: Actor,
+        to_state: str,
+        data: Mapping[str, Any],
+        delta: Mapping[str, Any],
+        comment: str | None,
+        now: datetime,
+        entered: bool = False,
+        detail: Mapping[str, Any] | None = None,
+    ) -> _Row:
+        """Append one hash-chained event and write the instance under its version lock."""
+        seq = row.last_seq + 1
+        roles_list = sorted(actor.roles)
+        h = event_hash(
+            prev_hash=row.last_hash,
+            instance_id=row.id,
+            seq=seq,
+            kind=kind,
+            trigger=trigger,
+            from_state=row.state,
+            to_state=to_state,
+            actor_id=actor.id,
+            actor_roles=roles_list,
+            actor_unit=actor.unit,
+            at=now,
+            data_delta=delta,
+            comment=comment,
+            detail=detail,
+        )
+        entered_at = now if entered else row.state_entered_at
+        entered_seq = seq if entered else row.entered_seq
+        result = conn.execute(
+            t.instances.update()
+            .where(t.instances.c.id == row.id, t.instances.c.version == row.version)
+            .values(
+                state=to_state,
+                state_entered_at=entered_at,
+                data=dict(data),
+                version=row.version + 1,
+                last_seq=seq,
+                last_hash=h,
+                updated_at=now,
+                entered_seq=entered_seq,
+            )
+        )
+        if result.rowcount != 1:
+            current = conn.execute(
+                sa.select(t.instances.c.state).where(t.instances.c.id == row.id)
+            ).scalar()
+            raise ConcurrencyConflict(row.id, row.version, current)
+        conn.execute(
+            t.events.insert().values(
+                instance_id=row.id,
+                seq=seq,
+                kind=kind,
+                trigger=trigger,
+                from_state=row.state,
+                to_state=to_state,
+                actor_id=actor.id,
+                actor_roles=roles_list,
+                actor_unit=actor.unit,
+                at=now,
+                data_delta=dict(delta),
+                comment=comment,
+                detail=dict(detail) if detail is not None else None,
+                prev_hash=row.last_hash,
+                hash=h,
+            )
+        )
+        return _Row(
+            id=row.id,
+            workflow=row.workflow,
+            workflow_version=row.workflow_version,
+            state=to_state,
+            state_entered_at=entered_at,
+            data=dict(data),
+            unit=row.unit,
+            parent_id=row.parent_id,
+            external_ref=row.external_ref,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=now,
+            version=row.version + 1,
+            last_seq=seq,
+            last_hash=h,
+            entered_seq=entered_seq,
+        )
+
+    def _append_system_event(
+        self,
+        conn: sa.Connection,
+        row: Any,
+        definition: Definition,
+        kind: str,
+        actor: Actor,
+        *,
+        detail: Mapping[str, Any],
+        now: datetime,
+        set_: Mapping[str, str] | None = None,
+        notify: Any = None,
+    ) -> _Row:
+        """Record a deadline event (reminder, escalation...) in the instance's history."""
+        values = dict(row.data)
+        delta: dict[str, Any] = {}
+        if set_:
+            parent = self._parent_scope(conn, row.parent_id, definition)
+            scope = _Scope(
+                definition,
+                values,
+                {},
+                actor,
+                now,
+                row.state_entered_at,
+                _instance_view(row),
+                parent,
+                self.lang,
+            )
+            reasons = scope.apply_set(set_, values)
+            if reasons:
+                detail = {**detail, "set_errors": reasons}
+            delta = {k: v for k, v in values.items() if row.data.get(k) != v}
+        return self._append(
+            conn,
+            row,
+            kind=kind,
+            trigger=None,
+            actor=actor,
+            to_state=row.state,
+            data=values,
+            delta=delta,
+            comment=None,
+            now=now,
+            detail=detail,
+        )
 
     def available(self, instance_id: str, *, actor: Actor) -> list[TriggerOption]:
         """Triggers leaving the instance's state, each allowed or refused with reasons.
@@ -875,7 +1389,43 @@ def _event(row: Any) -> Event:
         row.comment,
         row.prev_hash,
         row.hash,
+        dict(row.detail) if row.detail is not None else None,
     )
+
+
+@dataclass(slots=True)
+class _Row:
+    """An instance row the engine just wrote (same attributes as a selected row)."""
+
+    id: str
+    workflow: str
+    workflow_version: int
+    state: str
+    state_entered_at: datetime
+    data: dict[str, Any]
+    unit: str
+    parent_id: str | None
+    external_ref: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    last_seq: int
+    last_hash: str
+    entered_seq: int
+
+
+def _instance_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "workflow": row.workflow,
+        "version": row.workflow_version,
+        "state": row.state,
+        "unit": row.unit,
+        "created_by": row.created_by,
+        "external_ref": row.external_ref,
+        "parent_id": row.parent_id,
+    }
 
 
 def _parent_view(row: Any, definition: Definition) -> dict[str, Any]:
@@ -1043,16 +1593,8 @@ class _FireContext:
         if reasons:
             return self._refuse(spec, reasons)
         values = {**self.row.data, **given}
-        instance_view = {
-            "id": self.row.id,
-            "workflow": self.row.workflow,
-            "version": self.row.workflow_version,
-            "state": self.row.state,
-            "unit": self.row.unit,
-            "created_by": self.row.created_by,
-            "external_ref": self.row.external_ref,
-            "parent_id": self.row.parent_id,
-        }
+        instance_view = _instance_view(self.row)
+        self.given = given
         scope = _Scope(
             self.definition,
             values,
@@ -1082,6 +1624,20 @@ class _FireContext:
         old = self.row.data
         self.delta = {k: v for k, v in values.items() if k not in old or old[k] != v}
         return True
+
+    def scope_after(self, row: Any) -> dict[str, Any]:
+        """The expression scope once the transition is applied (for deadline anchors)."""
+        return _Scope(
+            self.definition,
+            row.data,
+            getattr(self, "given", {}),
+            self.actor,
+            self.now,
+            row.state_entered_at,
+            _instance_view(row),
+            self.parent,
+            self.lang,
+        ).build()
 
     def _refuse(self, spec: TransitionSpec, reasons: list[str]) -> bool:
         self.tried.append((spec, reasons))

@@ -40,6 +40,7 @@ class _Checker:
         self.check_start()
         self.check_transitions()
         self.check_graph()
+        self.check_deadlines()
         return self.expressions, self.problems
 
     # ---------------------------------------------------------------- pieces
@@ -203,6 +204,134 @@ class _Checker:
                     ("states", name),
                     f"state {name!r} is not final but no transition leads out of it",
                     key=True,
+                )
+
+    def check_deadlines(self) -> None:
+        states = self.wf.states
+        for name, spec in states.items():
+            self._notify(("states", name, "notify"), spec.notify)
+            if spec.deadline is not None:
+                path = ("states", name, "deadline")
+                if spec.final:
+                    self.error(path, f"final state {name!r} cannot have a deadline", key=True)
+                self._deadline(path, spec.deadline, owner_states=[name], clock=False)
+        for i, t in enumerate(self.wf.transitions):
+            self._notify(("transitions", i, "notify"), t.notify)
+        triggers = {t.trigger for t in self.wf.transitions}
+        for cname, clock in self.wf.clocks.items():
+            path = ("clocks", cname)
+            seen: set[str] = set()
+            for key in ("runs_in", "pauses_in"):
+                for j, st in enumerate(getattr(clock, key)):
+                    if st not in states:
+                        self.error(
+                            (*path, key, j),
+                            f"clock {cname!r}: unknown state {st!r}" + _hint(st, states),
+                        )
+                    elif states[st].final:
+                        self.error(
+                            (*path, key, j),
+                            f"clock {cname!r} cannot run or pause in "
+                            f"final state {st!r}; it stops there by itself",
+                        )
+                    if st in seen:
+                        self.error(
+                            (*path, key, j),
+                            f"clock {cname!r}: state {st!r} is listed "
+                            "in both runs_in and pauses_in",
+                        )
+                    seen.add(st)
+            for j, trig in enumerate(clock.starts_on or []):
+                if trig not in triggers:
+                    self.error(
+                        (*path, "starts_on", j),
+                        f"clock {cname!r} starts on unknown "
+                        f"trigger {trig!r}" + _hint(trig, triggers),
+                    )
+            self._deadline(path, clock, owner_states=list(clock.runs_in), clock=True)
+
+    def _deadline(
+        self, path: tuple[Any, ...], d: Any, *, owner_states: list[str], clock: bool
+    ) -> None:
+        if d.at is not None and (d.after is not None or d.from_ is not None):
+            self.error(
+                (*path, "at"),
+                "'at' gives the due time itself; do not combine it with 'after' or 'from'",
+            )
+        if clock and d.at is not None:
+            self.error(
+                (*path, "at"),
+                "a clock counts a period: use 'after' (and optionally 'from'), not 'at'",
+            )
+        if d.at is None and d.after is None:
+            self.error(path, "a deadline needs 'after' (a period) or 'at' (a due time)", key=True)
+        if d.from_ is not None and d.after is None:
+            self.error((*path, "from"), "'from' needs 'after': the period counted from it")
+        if d.after is not None:
+            self._duration((*path, "after"), d.after)
+        for j, r in enumerate(d.remind):
+            self._duration((*path, "remind", j), r)
+        if d.from_ is not None:
+            self._expr((*path, "from"), d.from_)
+        if d.at is not None:
+            self._expr((*path, "at"), d.at)
+        self._notify((*path, "notify"), d.notify)
+        for j, step in enumerate(d.escalate):
+            spath = (*path, "escalate", j)
+            self._duration((*spath, "after"), step.after)
+            self._notify((*spath, "notify"), step.notify)
+            for target, expr in step.set.items():
+                self._field((*spath, "set", target), target, key=True)
+                self._expr((*spath, "set", target), expr)
+            if step.fire is not None:
+                self._escalation_fire((*spath, "fire"), step.fire, owner_states)
+
+    def _escalation_fire(self, path: tuple[Any, ...], trigger: str, states: list[str]) -> None:
+        specs = [t for t in self.wf.transitions if t.trigger == trigger]
+        if not specs:
+            self.error(
+                path,
+                f"escalation fires unknown trigger {trigger!r}"
+                + _hint(trigger, {t.trigger for t in self.wf.transitions}),
+            )
+            return
+        if not any("system" in t.roles for t in specs):
+            self.error(
+                path,
+                f"escalation fires {trigger!r}, but no {trigger!r} transition "
+                "lists role 'system' (the engine acts as 'system')",
+            )
+            return
+        leaving = {src for t in specs if "system" in t.roles for src in t.sources}
+        missing = [st for st in states if st not in leaving]
+        if missing:
+            self.error(
+                path,
+                f"escalation fires {trigger!r}, but no {trigger!r} transition "
+                f"for role 'system' leaves state {missing[0]!r}",
+            )
+
+    def _duration(self, path: tuple[Any, ...], text: str) -> None:
+        from sangkien.calendar import DurationError, parse_duration
+
+        try:
+            parse_duration(text)
+        except DurationError as exc:
+            self.error(path, str(exc))
+
+    def _notify(self, path: tuple[Any, ...], items: Any) -> None:
+        for j, item in enumerate(items):
+            recipients = [item] if isinstance(item, str) else list(item.to)
+            for k, who in enumerate(recipients):
+                where = (*path, j) if isinstance(item, str) else (*path, j, "to", k)
+                if who in ("author", "actor", "starter") or who in self.roles:
+                    continue
+                if "@" in who or ":" in who:
+                    continue  # a literal address (email, URL, channel-specific id)
+                self.error(
+                    where,
+                    f"unknown recipient {who!r}: use a declared role, 'author', "
+                    "'actor', or an address" + _hint(who, self.roles),
                 )
 
     # ---------------------------------------------------------------- helpers

@@ -105,10 +105,11 @@ class LeaveStore(RuleBasedStateMachine):
         name = trigger.draw(st.sampled_from(self.triggers), label="trigger")
         self._attempt(iid, name, actor, data, comment, expect)
 
-    @rule(pick=st.integers(0, MAX_INSTANCES - 1), actor=st.sampled_from(ACTORS[:5]),
-          choice=st.data())
-    def fire_offered(self, pick: int, actor: Actor, choice: st.DataObject) -> None:
+    @rule(pick=st.integers(0, MAX_INSTANCES - 1), choice=st.data())
+    def fire_offered(self, pick: int, choice: st.DataObject) -> None:
         iid = self.ids[pick % len(self.ids)]
+        unit = self.engine.get(iid).unit
+        actor = choice.draw(st.sampled_from([a for a in ACTORS if a.unit == unit]), label="actor")
         # withdraw ends the instance at once; fire_anything still reaches it
         offered = sorted(o.trigger for o in self.engine.available(iid, actor=actor)
                          if o.allowed and o.trigger != "withdraw")

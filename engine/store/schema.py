@@ -18,12 +18,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["definitions", "events", "idempotency", "instances", "metadata"]
+__all__ = ["deadlines", "definitions", "events", "idempotency", "instances", "metadata", "timers"]
 
 metadata = MetaData(
     naming_convention={
@@ -90,6 +91,8 @@ instances = Table(
     # head of the history hash chain, so a transition never reads the event table
     Column("last_seq", Integer, nullable=False),
     Column("last_hash", String(64), nullable=False),
+    # seq of the event that entered the current state: timers check they belong to this entry
+    Column("entered_seq", Integer, nullable=False, server_default="1"),
     Index(None, "workflow", "state"),
     Index(None, "unit", "workflow", "state"),
     Index(None, "parent_id"),
@@ -112,6 +115,8 @@ events = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("data_delta", Json, nullable=False),
     Column("comment", Text, nullable=True),
+    # what a deadline event was about (deadline, due time, step, recipients, reasons)
+    Column("detail", Json, nullable=True),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     UniqueConstraint("instance_id", "seq"),
@@ -126,4 +131,64 @@ idempotency = Table(
     Column("instance_id", Id, nullable=False),
     Column("result", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+deadlines = Table(
+    "sk_deadlines",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", Id, ForeignKey("sk_instances.id"), nullable=False),
+    # 'state' (name = the state) or 'clock' (name = the clock)
+    Column("kind", String(8), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("entry_seq", Integer, nullable=False),
+    # active | paused | closed
+    Column("status", String(16), nullable=False),
+    Column("workflow", String(64), nullable=False),
+    Column("unit", String(128), nullable=False),
+    Column("calendar", String(64), nullable=False),
+    # what the due time is computed from, so it can be recomputed when the calendar changes
+    Column("anchor_at", UTCDateTime, nullable=True),
+    Column("period", String(64), nullable=True),
+    Column("base_due_at", UTCDateTime, nullable=False),
+    Column("shifts", Json, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("paused_at", UTCDateTime, nullable=True),
+    Column("escalations_done", Integer, nullable=False),
+    Column("calendar_fingerprint", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Index(None, "instance_id", "status"),
+    # supervision: what is overdue or due soon reads only open deadlines, by due time
+    Index(
+        "ix_sk_deadlines_open_due",
+        "due_at",
+        postgresql_where=text("status = 'active'"),
+        sqlite_where=text("status = 'active'"),
+    ),
+)
+
+timers = Table(
+    "sk_timers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("deadline_id", BigId, ForeignKey("sk_deadlines.id"), nullable=False),
+    Column("instance_id", Id, nullable=False),
+    # remind | due | escalate
+    Column("kind", String(16), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("fire_at", UTCDateTime, nullable=False),
+    # pending | fired | skipped | cancelled
+    Column("status", String(16), nullable=False),
+    Column("fired_at", UTCDateTime, nullable=True),
+    Column("note", Text, nullable=True),
+    Index(None, "deadline_id", "status"),
+    # the runner's claim query: only pending timers are indexed, so a tick costs O(due)
+    Index(
+        "ix_sk_timers_pending_fire_at",
+        "fire_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
