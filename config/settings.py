@@ -30,8 +30,21 @@ class Settings(BaseSettings):
         description="Extra workflow files or folders, separated by the OS path separator; "
         "the shipped workflows are always available.",
     )
+    calendar_dirs: str = Field(
+        "",
+        description="Folders with extra calendar data (a year's official days off), "
+        "separated by the OS path separator.",
+    )
+    skip_late_reminders: bool = Field(
+        True, description="Record a reminder due after its deadline as skipped, not send it."
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    def calendar_dir_paths(self) -> list[Path]:
+        import os
+
+        return [Path(p) for p in self.calendar_dirs.split(os.pathsep) if p.strip()]
 
     def workflow_paths(self) -> list[Path]:
         import os

@@ -103,7 +103,9 @@ def _actor(actor_id: str | None, roles: Iterable[str], unit: str | None) -> Any:
 def _engine(settings: Any, *, migrate: bool | None = None) -> Any:
     from sangkien.runtime import Engine
 
-    return Engine(settings.database_url, migrate=migrate)
+    return Engine(
+        settings.database_url, migrate=migrate, calendar_dirs=settings.calendar_dir_paths()
+    )
 
 
 def _data(data: str | None, data_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
@@ -570,6 +572,224 @@ def demo(lang: str, keep: str | None) -> None:
     from sangkien.demo import run_demo
 
     run_demo(lang=lang, keep=keep, echo=click.echo)
+
+
+@cli.command()
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between passes.")
+@click.option("--batch", default=200, show_default=True, help="Timers claimed per transaction.")
+@click.option("--once", is_flag=True, help="Run one pass (catching up on everything due) and exit.")
+@db_options
+def worker(
+    interval: float, batch: int, once: bool, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
+    """Run the deadline runner: reminders, overdue notices, escalations (Ctrl-C stops)."""
+    from sangkien.worker import Worker
+
+    s = _settings(database_url, workflows)
+    engine = _engine(s)
+    try:
+        w = Worker(engine, interval=interval, batch=batch)
+        if once:
+            result = engine.tick(limit=batch)
+            click.echo(
+                f"fired {result.fired}, skipped {result.skipped}, "
+                f"cancelled {result.cancelled}, retried {result.retried}"
+            )
+            return
+        click.echo(
+            f"sangkien worker on {engine.dialect}: every {interval:g}s (Ctrl-C to stop)", err=True
+        )
+        w.run_forever()
+    finally:
+        engine.close()
+
+
+def _deadline_table(items: list[Any], as_json: bool, empty: str) -> None:
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in items], ensure_ascii=False, indent=2))
+        return
+    if not items:
+        click.echo(empty)
+        return
+    for d in items:
+        if d.overdue:
+            hours = int(d.late_by.total_seconds() // 3600)
+            late = f"late {d.working_days_late} working day(s) ({hours // 24}d {hours % 24}h)"
+        else:
+            left = -d.late_by
+            late = f"due in {left.days}d {left.seconds // 3600}h"
+        step = (
+            f"escalation {d.escalation_step}/{d.escalation_steps}"
+            if d.escalation_steps
+            else "no escalation"
+        )
+        title = f"  {d.title}" if d.title else ""
+        click.echo(
+            f"{d.instance_id}  {d.unit:<16} {d.workflow:<11} {d.kind}:{d.name:<20} "
+            f"due {d.due_at:%Y-%m-%d %H:%M}Z  {late}  {step}{title}"
+        )
+
+
+@cli.command()
+@click.option("--unit", default=None, help="Only this unit.")
+@click.option("--workflow", default=None, help="Only this workflow.")
+@json_option
+@db_options
+def overdue(
+    unit: str | None,
+    workflow: str | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
+    """List what is overdue: how late, and the current escalation step."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        items = engine.overdue(unit=unit, workflow=workflow)
+    finally:
+        engine.close()
+    _deadline_table(items, as_json, "nothing is overdue")
+
+
+@cli.command("due-soon")
+@click.option("--within", default="5 working days", show_default=True)
+@click.option("--unit", default=None)
+@click.option("--workflow", default=None)
+@json_option
+@db_options
+def due_soon(
+    within: str,
+    unit: str | None,
+    workflow: str | None,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
+    """List deadlines falling due within a period."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        items = engine.due_soon(within, unit=unit, workflow=workflow)
+    finally:
+        engine.close()
+    _deadline_table(items, as_json, f"nothing falls due within {within}")
+
+
+@cli.command()
+@click.argument("instance_id")
+@json_option
+@db_options
+def deadlines(
+    instance_id: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
+    """Show an instance's open deadlines."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        items = engine.deadlines(instance_id)
+    finally:
+        engine.close()
+    _deadline_table(items, as_json, "no open deadline")
+
+
+@cli.command()
+@click.argument("instance_id", required=False)
+@click.option(
+    "--campaign",
+    "parent",
+    default=None,
+    help="Extend every instance under this parent (a whole campaign).",
+)
+@click.option("--by", default=None, help="Period to add, e.g. '10 working days'.")
+@click.option("--until", "until", default=None, help="New due date (YYYY-MM-DD).")
+@click.option("--reason", required=True, help="Why; recorded in history.")
+@click.option("--deadline", default=None, help="Only this deadline ('state' or a clock name).")
+@actor_options(required=True)
+@db_options
+def extend(
+    instance_id: str | None,
+    parent: str | None,
+    by: str | None,
+    until: str | None,
+    reason: str,
+    deadline: str | None,
+    actor_id: str,
+    roles: tuple[str, ...],
+    unit: str | None,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
+    """Extend a deadline for one instance, or for a whole campaign with --campaign."""
+    from datetime import date as _date
+
+    if (instance_id is None) == (parent is None):
+        raise click.UsageError("give INSTANCE_ID or --campaign, not both")
+    try:
+        until_d = _date.fromisoformat(until) if until else None
+    except ValueError:
+        _fail(f"--until {until!r} is not a date YYYY-MM-DD")
+    engine = _engine(_settings(database_url, workflows))
+    actor = _actor(actor_id, roles, unit)
+    try:
+        if parent:
+            n = engine.extend_children(
+                parent, actor=actor, reason=reason, by=by, until=until_d, deadline=deadline
+            )
+            click.echo(f"extended the open deadlines of {n} instance(s)")
+        else:
+            assert instance_id is not None
+            items = engine.extend_deadline(
+                instance_id, actor=actor, reason=reason, by=by, until=until_d, deadline=deadline
+            )
+            _deadline_table(items, False, "no open deadline")
+    finally:
+        engine.close()
+
+
+@cli.command("recompute-deadlines")
+@click.option(
+    "--calendar-dir",
+    "calendar_dirs",
+    multiple=True,
+    help="Extra calendar data folder (repeatable; env SANGKIEN_CALENDAR_DIRS).",
+)
+@db_options
+def recompute_deadlines(
+    calendar_dirs: tuple[str, ...], database_url: str | None, workflows: tuple[str, ...]
+) -> None:
+    """Recompute open deadlines after calendar data changed (each move is logged)."""
+    from sangkien.runtime import Engine
+
+    s = _settings(database_url, workflows)
+    dirs = [*s.calendar_dir_paths(), *calendar_dirs]
+    engine = Engine(s.database_url, calendar_dirs=dirs)
+    try:
+        moved = engine.recompute_deadlines()
+    finally:
+        engine.close()
+    for m in moved:
+        click.echo(f"{m['instance_id']}  {m['deadline']}  {m['from']} -> {m['to']}")
+    click.echo(f"{len(moved)} deadline(s) moved")
+
+
+@cli.command(name="simulate")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--lang", default="vi", help="Label language (vi or en).")
+@json_option
+@db_options
+def simulate_cmd(
+    scenario: str, lang: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
+    """Run a scenario against a moving clock and print the timeline of deadlines."""
+    from sangkien.simulate import format_entry, simulate
+
+    entries = simulate(scenario, extra_workflows=[Path(w) for w in workflows], lang=lang)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], ensure_ascii=False, indent=2))
+        return
+    from sangkien.calendar import load_calendar
+
+    tz = load_calendar().timezone
+    for e in entries:
+        click.echo(format_entry(e, tz))
 
 
 def _attach_calendar() -> None:

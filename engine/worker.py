@@ -1,0 +1,92 @@
+"""Background loops: the deadline runner (and, later, the outbox dispatcher).
+
+APScheduler only wakes the loops; the truth is in the database, so a worker that was down
+catches up on everything that fell due, in order, when it starts again.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from sangkien.runtime import Engine
+
+__all__ = ["Worker"]
+
+log = structlog.get_logger("sangkien")
+
+
+class Worker:
+    """Runs :meth:`Engine.tick` every *interval* seconds until stopped."""
+
+    def __init__(self, engine: Engine, *, interval: float = 5.0, batch: int = 200) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.batch = batch
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._stopped = threading.Event()
+
+    def tick(self) -> Any:
+        """One pass of the deadline runner; errors are logged and retried next time."""
+        try:
+            result = self.engine.tick(limit=self.batch)
+        except Exception as exc:  # the loop must survive a database restart
+            log.error("worker.tick_failed", error=str(exc).splitlines()[0])
+            return None
+        if result.processed or result.retried:
+            log.info(
+                "worker.tick",
+                fired=result.fired,
+                skipped=result.skipped,
+                cancelled=result.cancelled,
+                retried=result.retried,
+            )
+        return result
+
+    def start(self) -> None:
+        """Start the loops in background threads (the first pass runs at once)."""
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.interval,
+            id="deadlines",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+        log.info(
+            "worker.started",
+            interval_s=self.interval,
+            batch=self.batch,
+            database=self.engine.dialect,
+        )
+
+    def stop(self) -> None:
+        """Stop taking new work and wait for the pass in flight to finish."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._scheduler.shutdown(wait=True)
+        log.info("worker.stopped")
+
+    def run_forever(self, install_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM, then finish the pass in flight and return."""
+        requested = threading.Event()
+        if install_signals:
+
+            def _handle(signum: int, _frame: Any) -> None:
+                log.info("worker.signal", signal=signal.Signals(signum).name)
+                requested.set()
+
+            signal.signal(signal.SIGTERM, _handle)
+            signal.signal(signal.SIGINT, _handle)
+        self.start()
+        while not requested.wait(0.5):
+            pass
+        self.stop()
