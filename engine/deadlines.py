@@ -428,6 +428,15 @@ class Scheduler:
                         scope=scope,
                     )
                 continue
+            if trigger is not None and trigger in clock.stops_on:
+                conn.execute(
+                    t.deadlines.update()
+                    .where(t.deadlines.c.id == row.id)
+                    .values(status="closed", closed_at=now)
+                )
+                self._cancel_timers(conn, [row.id], f"clock stopped by {trigger}")
+                log.info("clock.stopped", instance_id=inst.id, clock=cname, trigger=trigger)
+                continue
             if not entered:
                 continue
             if state in clock.pauses_in and row.status == "active":

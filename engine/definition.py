@@ -194,6 +194,11 @@ class ClockSpec(DeadlineSpec):
         None,
         description="Triggers that start the clock (default: entering a 'runs_in' state).",
     )
+    stops_on: list[Name] = Field(
+        default_factory=list,
+        description="Triggers that stop the clock (it also stops in any state outside "
+        "runs_in and pauses_in).",
+    )
 
 
 class StateSpec(_Model):
@@ -453,11 +458,38 @@ def _structural_problems(exc: ValidationError, located: Located) -> list[Problem
         at_key = err["type"] == "extra_forbidden" or (err["loc"] and err["loc"][-1] == "[key]")
         prob = located.problem(path, message, key=bool(at_key))
         problems.setdefault((prob.line, prob.column, prob.message), prob)
-    # a union (e.g. roles: list or mapping) reports one error per member; keep one per place
-    by_place: dict[tuple[int, int], Problem] = {}
-    for prob in problems.values():
-        by_place.setdefault((prob.line, prob.column), prob)
-    return sorted(by_place.values(), key=lambda p: (p.line, p.column))
+    # unknown keys first at a place: "did you mean" explains the "missing" beside it
+    order = {True: 0, False: 1}
+    return sorted(
+        problems.values(), key=lambda p: (p.line, p.column, order["unknown key" in p.message])
+    )
+
+
+_MODEL_TAGS = {
+    "RoleSpec",
+    "FieldSpec",
+    "Guard",
+    "StartSpec",
+    "NotifySpec",
+    "EscalationStep",
+    "DeadlineSpec",
+    "ClockSpec",
+    "StateSpec",
+    "TransitionSpec",
+}
+
+
+def _member_shape(part: Any) -> type | None:
+    """The input shape a pydantic union-member tag in an error location expects."""
+    if not isinstance(part, str):
+        return None
+    if part in ("str", "constrained-str"):
+        return str
+    if part.startswith("list["):
+        return list
+    if part.startswith("dict[") or part in _MODEL_TAGS:
+        return dict
+    return None
 
 
 def _pick_union_members(errors: list[Any], data: Any) -> list[Any]:
@@ -466,11 +498,12 @@ def _pick_union_members(errors: list[Any], data: Any) -> list[Any]:
     for err in errors:
         cur = data
         mismatch = False
-        prefix: tuple[Any, ...] = tuple(err["loc"])
+        prefix: tuple[Any, ...] | None = None
         for n, part in enumerate(err["loc"]):
-            if isinstance(part, str) and (part.startswith(("list[", "dict[")) or part == "str"):
-                prefix = tuple(err["loc"][:n])
-                want = {"l": list, "d": dict, "s": str}[part[0]]
+            want = _member_shape(part)
+            if want is not None:
+                if prefix is None:
+                    prefix = tuple(err["loc"][:n])
                 if cur is not None and not isinstance(cur, want):
                     mismatch = True
                     break
@@ -481,7 +514,8 @@ def _pick_union_members(errors: list[Any], data: Any) -> list[Any]:
                 cur = cur[part]
             else:
                 cur = None
-        groups.setdefault(prefix, []).append((mismatch, err))
+        key = prefix if prefix is not None else tuple(err["loc"])
+        groups.setdefault(key, []).append((mismatch, err))
     kept = []
     for members in groups.values():
         good = [e for m, e in members if not m]

@@ -241,6 +241,13 @@ class _Checker:
                             "in both runs_in and pauses_in",
                         )
                     seen.add(st)
+            for j, trig in enumerate(clock.stops_on):
+                if trig not in triggers:
+                    self.error(
+                        (*path, "stops_on", j),
+                        f"clock {cname!r} stops on unknown trigger {trig!r}"
+                        + _hint(trig, triggers),
+                    )
             for j, trig in enumerate(clock.starts_on or []):
                 if trig not in triggers:
                     self.error(

@@ -7,6 +7,7 @@ checks what must always hold, whatever was refused.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -39,8 +40,18 @@ ACTORS = [
     Actor("olga", ["employee", "manager", "hr"], "sales"),  # another unit: sees nothing in hr
 ]
 DATA: list[dict[str, Any]] = [
-    {}, {}, {"reason": "trip"}, {"days": 3}, {"days": 8}, {"days": 40}, {"days": "x"},
-    {"days": None}, {"urgent": True}, {"kind": "sick"}, {"bogus": 1}, {"reason": ""},
+    {},
+    {},
+    {"reason": "trip"},
+    {"days": 3},
+    {"days": 8},
+    {"days": 40},
+    {"days": "x"},
+    {"days": None},
+    {"urgent": True},
+    {"kind": "sick"},
+    {"bogus": 1},
+    {"reason": ""},
     {"reason": "r", "days": 2},
 ]
 COMMENTS = [None, "", "  ", "because"]
@@ -57,11 +68,12 @@ class LeaveStore(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="sk-stateful-")
         self.clock = FrozenClock(T0)
-        self.engine = Engine(f"sqlite:///{self.tmp}/s.db", workflows=[LEAVE], clock=self.clock,
-                             migrate=True)
+        self.engine = Engine(
+            f"sqlite:///{self.tmp}/s.db", workflows=[LEAVE], clock=self.clock, migrate=True
+        )
         model = self.engine.definition("leave").model
         self.declared = set(model.states)
-        self.triggers = sorted({t.trigger for t in model.transitions}) + ["teleport"]
+        self.triggers = [*sorted({t.trigger for t in model.transitions}), "teleport"]
         self.ids: list[str] = []
 
     def teardown(self) -> None:
@@ -77,7 +89,9 @@ class LeaveStore(RuleBasedStateMachine):
         self.ids.append(inst.id)
 
     @precondition(lambda self: len(self.ids) < MAX_INSTANCES)
-    @rule(actor=st.sampled_from(ACTORS), days=st.one_of(st.integers(-1, 35), st.just("x"), st.none()))
+    @rule(
+        actor=st.sampled_from(ACTORS), days=st.one_of(st.integers(-1, 35), st.just("x"), st.none())
+    )
     def start(self, actor: Actor, days: Any) -> None:
         count = len(self.engine.list())
         data = {} if days is None else {"days": days}
@@ -99,8 +113,15 @@ class LeaveStore(RuleBasedStateMachine):
         comment=st.sampled_from(COMMENTS),
         expect=st.sampled_from([None, None, "current", "stale"]),
     )
-    def fire_anything(self, pick: int, trigger: st.DataObject, actor: Actor,
-                      data: dict[str, Any], comment: str | None, expect: str | None) -> None:
+    def fire_anything(
+        self,
+        pick: int,
+        trigger: st.DataObject,
+        actor: Actor,
+        data: dict[str, Any],
+        comment: str | None,
+        expect: str | None,
+    ) -> None:
         iid = self.ids[pick % len(self.ids)]
         name = trigger.draw(st.sampled_from(self.triggers), label="trigger")
         self._attempt(iid, name, actor, data, comment, expect)
@@ -111,21 +132,32 @@ class LeaveStore(RuleBasedStateMachine):
         unit = self.engine.get(iid).unit
         actor = choice.draw(st.sampled_from([a for a in ACTORS if a.unit == unit]), label="actor")
         # withdraw ends the instance at once; fire_anything still reaches it
-        offered = sorted(o.trigger for o in self.engine.available(iid, actor=actor)
-                         if o.allowed and o.trigger != "withdraw")
+        offered = sorted(
+            o.trigger
+            for o in self.engine.available(iid, actor=actor)
+            if o.allowed and o.trigger != "withdraw"
+        )
         if not offered:
             return
         name = choice.draw(st.sampled_from(offered), label="offered trigger")
         data = choice.draw(st.sampled_from(GOOD_DATA.get(name, [{}])), label="data")
         self._attempt(iid, name, actor, data, "because", None)
 
-    def _attempt(self, iid: str, name: str, actor: Actor, data: dict[str, Any],
-                 comment: str | None, expect: str | None) -> None:
+    def _attempt(
+        self,
+        iid: str,
+        name: str,
+        actor: Actor,
+        data: dict[str, Any],
+        comment: str | None,
+        expect: str | None,
+    ) -> None:
         before, events = self._snapshot(iid)
         expected = {None: None, "current": before.version, "stale": before.version - 1}[expect]
         try:
-            after = self.engine.fire(iid, name, actor=actor, data=data, comment=comment,
-                                     expected_version=expected)
+            after = self.engine.fire(
+                iid, name, actor=actor, data=data, comment=comment, expected_version=expected
+            )
         except (TransitionNotAllowed, InstanceNotFound, ConcurrencyConflict) as exc:
             event(f"refused: {type(exc).__name__}")
             if isinstance(exc, TransitionNotAllowed):
@@ -145,7 +177,11 @@ class LeaveStore(RuleBasedStateMachine):
         assert now_events[:-1] == events, "history is append-only"
         last = now_events[-1]
         assert (last.seq, last.trigger, last.from_state, last.to_state) == (
-            len(events) + 1, name, before.state, after.state)
+            len(events) + 1,
+            name,
+            before.state,
+            after.state,
+        )
         assert last.actor_id == actor.id and last.at == self.clock.now()
         if last.kind == "action":
             assert after.state == before.state
@@ -167,7 +203,7 @@ class LeaveStore(RuleBasedStateMachine):
             assert len(events) == inst.version
             assert events[0].kind == "started" and events[0].to_state == "draft"
             assert events[-1].to_state == inst.state
-            for prev, ev in zip(events, events[1:], strict=False):
+            for prev, ev in itertools.pairwise(events):
                 assert ev.from_state == prev.to_state
                 assert ev.prev_hash == prev.hash
         assert self.engine.verify() == []
@@ -176,5 +212,10 @@ class LeaveStore(RuleBasedStateMachine):
 class TestLeaveStore(LeaveStore.TestCase):
     """Random valid and invalid fires never break state, version, history or chain invariants."""
 
-    settings = settings(max_examples=30, stateful_step_count=25, deadline=None, database=None,
-                        suppress_health_check=[HealthCheck.too_slow])
+    settings = settings(
+        max_examples=30,
+        stateful_step_count=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
