@@ -252,7 +252,7 @@ def test_available_lists_triggers_with_allowed_flags_and_reasons(engine: Engine)
 
 
 def test_expected_version_mismatch_raises_conflict_with_current_state(engine: Engine) -> None:
-    """A stale expected_version is ConcurrencyConflict naming the current state; nothing is written."""
+    """A stale expected_version is a ConcurrencyConflict naming the current state, no write."""
     inst = _submitted(engine)
     before = _snapshot(engine, inst.id)
     with pytest.raises(ConcurrencyConflict) as exc:
@@ -459,7 +459,7 @@ def test_second_engine_starts_on_version_registered_elsewhere(db_url: str, engin
     ),
 )
 def test_second_engine_does_not_start_with_replaced_content(db_url: str, engine: Engine) -> None:
-    """An Engine never starts an instance under content the store no longer holds for its version."""
+    """An Engine never starts an instance under content the store no longer holds."""
     with Engine(db_url, migrate=True) as other:
         other.register(parse_definition(_variant("max: 30", "max: 3"), "strict.yaml"))
     with pytest.raises(InvalidData):
@@ -565,9 +565,9 @@ def test_changed_comment_is_detected_at_its_seq(
     strict=True,
     reason=(
         "engine gap: verify() checks only the events' hashes and the head (last_seq, "
-        "last_hash); it never compares the instance row's state with the last event's to_state, nor each event's "
-        "from_state with the previous to_state, so a raw UPDATE of sk_instances.state goes unseen "
-        "and later transitions chain from the forged state"
+        "last_hash); it never compares the instance row's state with the last event's "
+        "to_state, nor each event's from_state with the previous to_state, so a raw UPDATE of "
+        "sk_instances.state goes unseen and later transitions chain from the forged state"
     ),
 )
 def test_forged_instance_state_is_detected(engine: Engine, raw: sa.Engine) -> None:
@@ -703,7 +703,7 @@ def test_guard_on_actor_and_instance_forbids_approving_own_request(engine: Engin
 
 
 def test_actor_from_another_unit_cannot_see_or_act(engine: Engine) -> None:
-    """Instances outside the actor's unit do not exist for them: not found, not listed, untouched."""
+    """Instances outside the actor's unit do not exist for them: not found, listed or changed."""
     inst = _submitted(engine)
     own = engine.start("leave", actor=OLGA, data={"days": 1})
     before = _snapshot(engine, inst.id)
@@ -920,7 +920,7 @@ def test_stay_keeps_state_entered_at_and_real_transition_updates_it(
 
 
 def test_guard_on_time_in_state_uses_state_entered_at(engine: Engine, clock: FrozenClock) -> None:
-    """hr may approve an escalated leave 24h after it entered 'escalated'; stays don't reset that."""
+    """hr may approve an escalated leave 24h after it was escalated; stays don't reset the timer."""
     inst = _submitted(engine, days=9)
     escalated = engine.fire(inst.id, "approve", actor=MO)
     assert escalated.state == "escalated"
