@@ -200,7 +200,7 @@ class _Builder:
             )
 
     def _scalar(self, node: ScalarNode) -> Any:
-        tag = node.tag
+        tag = node.tag or ""
         if tag not in _SCALAR_TAGS:
             short = tag.replace(_TAG, "!!")
             raise DefinitionError(

@@ -169,11 +169,10 @@ class Scheduler:
             elif s["kind"] == "extension":
                 if s.get("until"):
                     until = _as_moment(s["until"])
-                    due = (
-                        cal.end_of_day(until)
-                        if isinstance(until, date) and not isinstance(until, datetime)
-                        else until
-                    )  # type: ignore[assignment]
+                    if isinstance(until, datetime):
+                        due = until
+                    elif isinstance(until, date):
+                        due = cal.end_of_day(until)
                 else:
                     due = cal.after(due, parse_duration(s["by"]))
         return due
@@ -604,7 +603,7 @@ class Runner:
     def _process(self, conn: sa.Connection, timer: Any, now: datetime, result: TickResult) -> str:
         engine = self.engine
         d = conn.execute(sa.select(t.deadlines).where(t.deadlines.c.id == timer.deadline_id)).one()
-        inst = conn.execute(
+        inst: Any = conn.execute(
             sa.select(t.instances).where(t.instances.c.id == timer.instance_id)
         ).one()
         stale = d.status != "active" or (

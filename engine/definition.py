@@ -311,7 +311,7 @@ class Workflow(_Model):
     )
     roles: list[Name] | dict[Name, RoleSpec] = Field(description="Roles used by this workflow.")
     fields: dict[Name, FieldSpec] = Field(default_factory=dict, description="Instance data.")
-    start: StartSpec = Field(default_factory=StartSpec)  # type: ignore[arg-type]
+    start: StartSpec = Field(default_factory=StartSpec)
     states: dict[Name, StateSpec] = Field(min_length=1)
     transitions: list[TransitionSpec] = Field(default_factory=list)
     clocks: dict[Name, ClockSpec] = Field(

@@ -7,6 +7,7 @@ hash-chained history event. Everything it causes commits or rolls back together.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -1236,7 +1237,7 @@ class Engine:
             out = [i for i in out if self._visible(actor, i.unit)]
         return out
 
-    def history(self, instance_id: str, *, actor: Actor | None = None) -> list[Event]:
+    def history(self, instance_id: str, *, actor: Actor | None = None) -> builtins.list[Event]:
         """Return the instance's history, oldest first."""
         self.get(instance_id, actor=actor)
         with self._read() as conn:
@@ -1247,9 +1248,9 @@ class Engine:
             ).all()
         return [_event(r) for r in rows]
 
-    def verify(self, instance_id: str | None = None) -> list[ChainBreak]:
+    def verify(self, instance_id: str | None = None) -> builtins.list[ChainBreak]:
         """Check the hash chains of one instance (or all); return every break found."""
-        breaks: list[ChainBreak] = []
+        breaks: builtins.list[ChainBreak] = []
         with self._read() as conn:
             q = sa.select(t.instances.c.id, t.instances.c.last_seq, t.instances.c.last_hash)
             if instance_id is not None:
@@ -1263,8 +1264,8 @@ class Engine:
                     .where(t.events.c.instance_id == head.id)
                     .order_by(t.events.c.seq)
                 ).all()
-                rows = [_event(r) for r in rows]
-                breaks.extend(verify_chain(head.id, rows, (head.last_seq, head.last_hash)))
+                chain = [_event(r) for r in rows]
+                breaks.extend(verify_chain(head.id, chain, (head.last_seq, head.last_hash)))
         return breaks
 
     # ------------------------------------------------------------------ idempotency

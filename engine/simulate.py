@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sangkien._yaml import Located, load_yaml
-from sangkien.calendar import DurationError, _add_calendar, parse_duration
+from sangkien.calendar import Calendar, Duration, DurationError, _add_calendar, parse_duration
 from sangkien.clock import FrozenClock
 from sangkien.definition import load_definition
 from sangkien.errors import DefinitionError, SangkienError
@@ -280,9 +280,7 @@ class _Run:
         except SangkienError as exc:
             self._add(
                 self.clock.now(),
-                self.names.get(self.ids.get(str(step.get("on"))), "?")
-                if "on" in step
-                else str(step.get("as", "?")),
+                str(step.get("on") or step.get("as") or "?"),
                 "refused",
                 f"{step.get('fire') or step.get('start')} refused: {exc}",
             )
@@ -372,7 +370,7 @@ class _Run:
                 self.echo(entry)
 
 
-def _after(cal: Any, now: datetime, delta: Any) -> datetime:
+def _after(cal: Calendar, now: datetime, delta: Duration) -> datetime:
     """*delta* after *now*, keeping the local time of day (working days skip days off)."""
     if delta.exact:
         return now + delta.timedelta()

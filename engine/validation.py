@@ -215,28 +215,28 @@ class _Checker:
                 if spec.final:
                     self.error(path, f"final state {name!r} cannot have a deadline", key=True)
                 self._deadline(path, spec.deadline, owner_states=[name], clock=False)
-        for i, t in enumerate(self.wf.transitions):
-            self._notify(("transitions", i, "notify"), t.notify)
-        triggers = {t.trigger for t in self.wf.transitions}
+        for i, tr in enumerate(self.wf.transitions):
+            self._notify(("transitions", i, "notify"), tr.notify)
+        triggers = {tr.trigger for tr in self.wf.transitions}
         for cname, clock in self.wf.clocks.items():
-            path = ("clocks", cname)
+            cpath: tuple[Any, ...] = ("clocks", cname)
             seen: set[str] = set()
             for key in ("runs_in", "pauses_in"):
                 for j, st in enumerate(getattr(clock, key)):
                     if st not in states:
                         self.error(
-                            (*path, key, j),
+                            (*cpath, key, j),
                             f"clock {cname!r}: unknown state {st!r}" + _hint(st, states),
                         )
                     elif states[st].final:
                         self.error(
-                            (*path, key, j),
+                            (*cpath, key, j),
                             f"clock {cname!r} cannot run or pause in "
                             f"final state {st!r}; it stops there by itself",
                         )
                     if st in seen:
                         self.error(
-                            (*path, key, j),
+                            (*cpath, key, j),
                             f"clock {cname!r}: state {st!r} is listed "
                             "in both runs_in and pauses_in",
                         )
@@ -244,18 +244,18 @@ class _Checker:
             for j, trig in enumerate(clock.stops_on):
                 if trig not in triggers:
                     self.error(
-                        (*path, "stops_on", j),
+                        (*cpath, "stops_on", j),
                         f"clock {cname!r} stops on unknown trigger {trig!r}"
                         + _hint(trig, triggers),
                     )
             for j, trig in enumerate(clock.starts_on or []):
                 if trig not in triggers:
                     self.error(
-                        (*path, "starts_on", j),
+                        (*cpath, "starts_on", j),
                         f"clock {cname!r} starts on unknown "
                         f"trigger {trig!r}" + _hint(trig, triggers),
                     )
-            self._deadline(path, clock, owner_states=list(clock.runs_in), clock=True)
+            self._deadline(cpath, clock, owner_states=list(clock.runs_in), clock=True)
 
     def _deadline(
         self, path: tuple[Any, ...], d: Any, *, owner_states: list[str], clock: bool
