@@ -1,5 +1,5 @@
 """Settings (environment variables prefixed ``SANGKIEN_``) and shipped configuration data."""
 
-from sangkien.config.settings import Settings, shipped_workflows_dir
+from sangkien.config.settings import Settings, Subscriber, shipped_workflows_dir
 
-__all__ = ["Settings", "shipped_workflows_dir"]
+__all__ = ["Settings", "Subscriber", "shipped_workflows_dir"]

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "shipped_workflows_dir"]
+__all__ = ["Settings", "Subscriber", "shipped_workflows_dir"]
 
 
 def shipped_workflows_dir() -> Path:
     """Folder holding the workflows that ship with sangkien (campaign, initiative)."""
     return Path(str(resources.files("sangkien.workflows")))
+
+
+class Subscriber(BaseModel):
+    """A host platform's endpoint that receives signed event webhooks."""
+
+    url: str
+    events: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Event types to send ('*' for all, or e.g. 'transition.applied').",
+    )
 
 
 class Settings(BaseSettings):
@@ -38,8 +48,57 @@ class Settings(BaseSettings):
     skip_late_reminders: bool = Field(
         True, description="Record a reminder due after its deadline as skipped, not send it."
     )
+    # --- notifications
+    channels: str = Field(
+        "log", description="Enabled delivery channels, comma-separated (log, email, webhook, ...)."
+    )
+    directory: str = Field(
+        "", description="Directory YAML (units, people, roles, contacts); default: the demo one."
+    )
+    link_pattern: str = Field(
+        "", description="Link to an instance in the host platform, e.g. "
+        "'https://portal.example/sang-kien/{instance_id}'."
+    )
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "sangkien@localhost"
+    smtp_timeout: float = 10.0
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks signing secret ('whsec_' + base64)."
+    )
+    webhook_allowed_hosts: str = Field(
+        "", description="Hosts webhooks may be sent to, comma-separated (empty: none)."
+    )
+    webhook_timeout: float = 10.0
+    subscribers: list[Subscriber] = Field(
+        default_factory=list,
+        description="Event webhooks for hosts, as JSON: "
+        '[{"url": "https://host/hook", "events": ["*"]}] (signed with webhook_secret).',
+    )
+    outbox_max_attempts: int = Field(8, ge=1)
+    outbox_backoff_seconds: float = Field(30.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(3600.0, gt=0)
+    outbox_lease_seconds: float = Field(300.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @field_validator("subscribers", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"SANGKIEN_SUBSCRIBERS is not valid JSON: {exc.msg}") from None
+        return value
+
+    def channel_names(self) -> list[str]:
+        return [c.strip() for c in self.channels.split(",") if c.strip()]
 
     def calendar_dir_paths(self) -> list[Path]:
         import os

@@ -69,12 +69,29 @@ class ChainBreak:
         return f"instance {self.instance_id}: event {self.seq}: {self.reason}"
 
 
-def verify_chain(instance_id: str, rows: Iterable[Any], head: tuple[int, str]) -> list[ChainBreak]:
+def verify_chain(
+    instance_id: str,
+    rows: Iterable[Any],
+    head: tuple[int, str],
+    current: tuple[str, Mapping[str, Any]] | None = None,
+) -> list[ChainBreak]:
     """Check *rows* (ordered by seq) chain from genesis to the instance's stored *head*."""
     breaks: list[ChainBreak] = []
     prev = GENESIS
     expected_seq = 1
+    state: str | None = None
+    data: dict[str, Any] = {}
     for r in rows:
+        if state is not None and r.from_state != state:
+            breaks.append(
+                ChainBreak(
+                    instance_id,
+                    r.seq,
+                    f"starts from state {r.from_state!r} but the previous event ended in {state!r}",
+                )
+            )
+        state = r.to_state
+        data.update(r.data_delta)
         if r.seq != expected_seq:
             breaks.append(
                 ChainBreak(
@@ -112,6 +129,24 @@ def verify_chain(instance_id: str, rows: Iterable[Any], head: tuple[int, str]) -
             )
         prev = r.hash
         expected_seq += 1
+    if current is not None and rows_seen(expected_seq):
+        cur_state, cur_data = current
+        if cur_state != state:
+            breaks.append(
+                ChainBreak(
+                    instance_id,
+                    expected_seq - 1,
+                    f"instance is in state {cur_state!r} but its history ends in {state!r}",
+                )
+            )
+        if _canon(cur_data) != _canon(data):
+            breaks.append(
+                ChainBreak(
+                    instance_id,
+                    expected_seq - 1,
+                    "instance data differs from what its history records",
+                )
+            )
     last_seq, last_hash = head
     if expected_seq - 1 != last_seq or prev != last_hash:
         breaks.append(
@@ -123,3 +158,11 @@ def verify_chain(instance_id: str, rows: Iterable[Any], head: tuple[int, str]) -
             )
         )
     return breaks
+
+
+def rows_seen(next_seq: int) -> bool:
+    return next_seq > 1
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)

@@ -608,24 +608,28 @@ class Engine:
         return int(top or 0) + 1
 
     def definition(self, key: str, version: int | None = None) -> Definition:
-        """Return a registered definition (the newest version if *version* is None)."""
-        if version is None:
-            if key in self._latest:
-                return self._latest[key]
-            with self._read() as conn:
-                version = conn.execute(
-                    sa.select(sa.func.max(t.definitions.c.version)).where(
-                        t.definitions.c.key == key
-                    )
-                ).scalar_one()
-            if version is None:
-                known = ", ".join(sorted(self._latest)) or "none registered"
-                raise WorkflowNotFound(f"no workflow {key!r} (known: {known})")
-        found = self._defs.get((key, version))
-        if found is not None:
-            return found
+        """Return a registered definition (the newest version if *version* is None).
+
+        The database is the reference: a version registered by another process is seen,
+        and cached content whose hash no longer matches the stored one is reloaded.
+        """
         with self._read() as conn:
-            return self._load_definition(conn, key, version)
+            return self._definition_on(conn, key, version)
+
+    def _definition_on(self, conn: sa.Connection, key: str, version: int | None) -> Definition:
+        d = t.definitions
+        q = sa.select(d.c.version, d.c.content_hash).where(d.c.key == key)
+        q = q.where(d.c.version == version) if version is not None else q
+        row = conn.execute(q.order_by(d.c.version.desc()).limit(1)).first()
+        if row is None:
+            known = ", ".join(sorted(self._latest)) or "none registered"
+            what = f"{key!r} version {version}" if version is not None else repr(key)
+            raise WorkflowNotFound(f"no workflow {what} is registered (known: {known})")
+        cached = self._defs.get((key, row.version))
+        if cached is not None and cached.content_hash == row.content_hash:
+            return cached
+        self._defs.pop((key, row.version), None)
+        return self._load_definition(conn, key, row.version)
 
     def _load_definition(self, conn: sa.Connection, key: str, version: int) -> Definition:
         found = self._defs.get((key, version))
@@ -681,7 +685,8 @@ class Engine:
     ) -> Instance:
         """Start an instance of *workflow* in *unit* (default: the actor's unit)."""
         started = time.perf_counter()
-        definition = self.definition(workflow, version)
+        with self._read() as conn:
+            definition = self._definition_on(conn, workflow, version)
         wf = definition.model
         unit = unit or actor.unit
         incoming = dict(data or {})
@@ -696,6 +701,7 @@ class Engine:
         request = {
             "op": "start",
             "workflow": workflow,
+            "version": version,
             "unit": unit,
             "data": incoming,
             "parent": parent,
@@ -745,7 +751,7 @@ class Engine:
             given, errors = check_data(wf.fields, incoming, wf.start.accepts)
             reasons.extend(errors)
             if reasons:
-                raise _refusal(None, "start", reasons, errors)
+                raise _refusal(None, "start", reasons, bool(errors) and reasons == errors)
             values = {**{k: normalize(wf.fields[k], v) for k, v in defaults.items()}, **given}
             now = self.clock.now()
             iid = new_id()
@@ -975,7 +981,7 @@ class Engine:
         new_state = machine.fire(row.state, trigger, ctx)
         if new_state is None or ctx.chosen is None:
             raise _refusal(
-                row.id, trigger, ctx.refusals(machine, row.state, trigger), ctx.data_errors
+                row.id, trigger, ctx.refusals(machine, row.state, trigger), ctx.data_only()
             )
         spec = ctx.chosen
         entered = spec.to is not None
@@ -1252,7 +1258,13 @@ class Engine:
         """Check the hash chains of one instance (or all); return every break found."""
         breaks: builtins.list[ChainBreak] = []
         with self._read() as conn:
-            q = sa.select(t.instances.c.id, t.instances.c.last_seq, t.instances.c.last_hash)
+            q = sa.select(
+                t.instances.c.id,
+                t.instances.c.last_seq,
+                t.instances.c.last_hash,
+                t.instances.c.state,
+                t.instances.c.data,
+            )
             if instance_id is not None:
                 q = q.where(t.instances.c.id == instance_id)
             heads = conn.execute(q.order_by(t.instances.c.id)).all()
@@ -1265,7 +1277,11 @@ class Engine:
                     .order_by(t.events.c.seq)
                 ).all()
                 chain = [_event(r) for r in rows]
-                breaks.extend(verify_chain(head.id, chain, (head.last_seq, head.last_hash)))
+                breaks.extend(
+                    verify_chain(
+                        head.id, chain, (head.last_seq, head.last_hash), (head.state, head.data)
+                    )
+                )
         return breaks
 
     # ------------------------------------------------------------------ idempotency
@@ -1331,9 +1347,10 @@ def _store_error(exc: sa.exc.SQLAlchemyError) -> SangkienError:
 
 
 def _refusal(
-    instance_id: str | None, trigger: str, reasons: list[str], data_errors: list[str]
+    instance_id: str | None, trigger: str, reasons: list[str], data_only: bool
 ) -> TransitionNotAllowed:
-    if data_errors and len(data_errors) == len(reasons):
+    """InvalidData when every refusal was about the data sent, else TransitionNotAllowed."""
+    if data_only:
         return InvalidData(instance_id, trigger, reasons)
     return TransitionNotAllowed(instance_id, trigger, reasons)
 
@@ -1558,7 +1575,7 @@ class _FireContext:
         self.now = now
         self.probe = probe
         self.reasons: list[str] = []
-        self.data_errors: list[str] = []
+        self.data_refused: set[int] = set()
         self.tried: list[tuple[TransitionSpec, list[str]]] = []
         self.chosen: TransitionSpec | None = None
         self.new_data: dict[str, Any] = {}
@@ -1590,7 +1607,8 @@ class _FireContext:
         given, errors = check_data(wf.fields, self.incoming, spec.accepts)
         if not self.probe:
             reasons.extend(errors)
-            self.data_errors.extend(errors)
+            if errors and reasons == errors:
+                self.data_refused.add(id(spec))
         if reasons:
             return self._refuse(spec, reasons)
         values = {**self.row.data, **given}
@@ -1639,6 +1657,10 @@ class _FireContext:
             self.parent,
             self.lang,
         ).build()
+
+    def data_only(self) -> bool:
+        """True if every candidate was refused only because of the data sent."""
+        return bool(self.tried) and all(id(s) in self.data_refused for s, _ in self.tried)
 
     def _refuse(self, spec: TransitionSpec, reasons: list[str]) -> bool:
         self.tried.append((spec, reasons))

@@ -345,13 +345,6 @@ def test_refused_request_does_not_consume_its_idempotency_key(engine: Engine) ->
     assert done.state == "rejected" and not done.replayed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: start() leaves its `version` argument out of the idempotency request hash, so "
-        "the same key with version=2 replays the version-1 instance instead of raising"
-    ),
-)
 def test_start_with_same_key_but_other_version_is_key_reused(engine: Engine) -> None:
     """Reusing a start key for another workflow version is a different request."""
     engine.register(parse_definition(_variant("max: 30", "max: 60", version=2), "v2.yaml"))
@@ -436,13 +429,6 @@ def test_instances_keep_their_version_after_v2_new_starts_use_v2(
     assert engine.get(old.id).workflow_version == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: Engine.definition() serves _latest from the per-object cache, so an Engine "
-        "never sees a newer version registered by another Engine/process on the same database"
-    ),
-)
 def test_second_engine_starts_on_version_registered_elsewhere(db_url: str, engine: Engine) -> None:
     """New starts use the newest registered version even if another Engine registered it."""
     with Engine(db_url, migrate=True) as deployer:
@@ -450,14 +436,6 @@ def test_second_engine_starts_on_version_registered_elsewhere(db_url: str, engin
     assert engine.start("leave", actor=ALICE, data={"days": 1}).workflow_version == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: start() trusts the per-Engine definition cache; after another Engine replaced "
-        "the (still unused) content of the same key/version, this Engine starts instances under "
-        "the old rules while the store records the new ones"
-    ),
-)
 def test_second_engine_does_not_start_with_replaced_content(db_url: str, engine: Engine) -> None:
     """An Engine never starts an instance under content the store no longer holds."""
     with Engine(db_url, migrate=True) as other:
@@ -510,8 +488,10 @@ def test_tampered_data_delta_is_detected_at_its_seq(
             {"d": json.dumps({"reason": "forged"}), "i": inst.id},
         )
     breaks = engine.verify(inst.id)
-    assert [(b.instance_id, b.seq) for b in breaks] == [(inst.id, 2)]
-    assert "altered" in breaks[0].reason
+    altered = [b for b in breaks if "altered" in b.reason]
+    assert [(b.instance_id, b.seq) for b in altered] == [(inst.id, 2)]
+    # the forged delta also no longer adds up to the instance's data
+    assert all(b.instance_id == inst.id for b in breaks)
     assert engine.verify() == breaks
     assert engine.verify(other.id) == []
 
@@ -525,10 +505,11 @@ def test_deleted_last_event_is_detected(engine: Engine, clock: FrozenClock, raw:
             {"i": inst.id, "s": inst.version},
         )
     breaks = engine.verify(inst.id)
-    assert len(breaks) == 1
-    assert breaks[0].seq == inst.version - 1
-    assert f"ends at event {inst.version - 1}" in breaks[0].reason
-    assert f"records {inst.version} events" in breaks[0].reason
+    head = [b for b in breaks if "events deleted or added" in b.reason]
+    assert len(head) == 1
+    assert head[0].seq == inst.version - 1
+    assert f"ends at event {inst.version - 1}" in head[0].reason
+    assert f"records {inst.version} events" in head[0].reason
 
 
 def test_deleted_middle_event_is_detected_at_the_gap(
@@ -541,8 +522,8 @@ def test_deleted_middle_event_is_detected_at_the_gap(
             sa.text("DELETE FROM sk_events WHERE instance_id = :i AND seq = 3"), {"i": inst.id}
         )
     breaks = engine.verify(inst.id)
-    assert breaks and {b.seq for b in breaks} == {4}
-    assert any("missing" in b.reason for b in breaks)
+    assert breaks and min(b.seq for b in breaks) == 4
+    assert any("missing" in b.reason and b.seq == 4 for b in breaks)
 
 
 def test_changed_comment_is_detected_at_its_seq(
@@ -561,15 +542,6 @@ def test_changed_comment_is_detected_at_its_seq(
     assert [(b.seq, "altered" in b.reason) for b in breaks] == [(3, True)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine gap: verify() checks only the events' hashes and the head (last_seq, "
-        "last_hash); it never compares the instance row's state with the last event's "
-        "to_state, nor each event's from_state with the previous to_state, so a raw UPDATE of "
-        "sk_instances.state goes unseen and later transitions chain from the forged state"
-    ),
-)
 def test_forged_instance_state_is_detected(engine: Engine, raw: sa.Engine) -> None:
     """A raw SQL UPDATE of an instance's state (skipping review) shows up in verify()."""
     inst = engine.start("leave", actor=ALICE, data={"days": 2})
@@ -841,15 +813,6 @@ def test_invalid_data_on_trigger_with_several_candidates(engine: Engine) -> None
         engine.fire(inst.id, "approve", actor=MO, data={"bogus": 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: _refusal() classifies InvalidData by len(data_errors) == len(reasons); with "
-        "several candidate transitions refusals() folds each candidate into one line while "
-        "data_errors holds every field error of every candidate, so two bad fields on 'approve' "
-        "(two candidates from 'submitted') give plain TransitionNotAllowed"
-    ),
-)
 def test_two_bad_fields_on_trigger_with_several_candidates_are_invalid_data(engine: Engine) -> None:
     """Purely bad data stays InvalidData however many fields are wrong and candidates exist."""
     inst = _submitted(engine)

@@ -24,7 +24,16 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["deadlines", "definitions", "events", "idempotency", "instances", "metadata", "timers"]
+__all__ = [
+    "deadlines",
+    "definitions",
+    "events",
+    "idempotency",
+    "instances",
+    "metadata",
+    "outbox",
+    "timers",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -190,5 +199,54 @@ timers = Table(
         "id",
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
+    ),
+)
+
+outbox = Table(
+    "sk_outbox",
+    metadata,
+    # stable message id: a redelivery after a crash carries the same id (receivers dedupe)
+    Column("id", Id, primary_key=True),
+    # notification (a person) | event (a host platform's webhook)
+    Column("kind", String(16), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("recipient", String(512), nullable=False),
+    Column("recipient_id", String(128), nullable=True),
+    Column("recipient_name", String(255), nullable=True),
+    Column("instance_id", Id, nullable=True),
+    Column("event_seq", Integer, nullable=True),
+    Column("template", String(64), nullable=True),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("payload", Json, nullable=False),
+    # pending | delivering | delivered | dead
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index(None, "instance_id"),
+    # the dispatcher's claim reads only what is waiting, so delivered history does not slow it
+    Index(
+        "ix_sk_outbox_pending",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_sk_outbox_leased",
+        "lease_until",
+        postgresql_where=text("status = 'delivering'"),
+        sqlite_where=text("status = 'delivering'"),
+    ),
+    Index(
+        "ix_sk_outbox_dead",
+        "created_at",
+        postgresql_where=text("status = 'dead'"),
+        sqlite_where=text("status = 'dead'"),
     ),
 )
