@@ -49,6 +49,7 @@ from sangkien.fields import check_data, check_value, normalize
 from sangkien.history import GENESIS, ChainBreak, event_hash, verify_chain
 from sangkien.machine import machine_for
 from sangkien.model import Actor, Event, Instance, TriggerOption
+from sangkien.outbox import Notifier
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine, ensure_schema
 from sangkien.units import FlatUnits, UnitTree
@@ -116,12 +117,26 @@ class Engine:
         calendars: Mapping[str, Calendar] | None = None,
         calendar_dirs: Iterable[str | Path] = (),
         skip_late_reminders: bool = True,
+        directory: Any = None,
+        templates: Any = None,
+        channels: Iterable[str] = ("log",),
+        link_pattern: str = "",
+        subscribers: Iterable[Any] = (),
     ) -> None:
         self._conn: sa.Connection | None = None
         self.lang = lang
         self._calendars: dict[str, Calendar] = dict(calendars or {})
         self.calendar_dirs = tuple(calendar_dirs)
         self._scheduler = Scheduler(self)
+        self.directory = directory
+        self._notifier = Notifier(
+            self,
+            directory=directory,
+            templates=templates,
+            channels=list(channels),
+            link_pattern=link_pattern,
+            subscribers=list(subscribers),
+        )
         self._runner = Runner(self, skip_late_reminders=skip_late_reminders)
         self._owns_engine = False
         if isinstance(database, str):
@@ -133,7 +148,7 @@ class Engine:
         else:
             self._db = database
         self.clock: Clock = clock or SystemClock()
-        self.units: UnitTree = units or FlatUnits()
+        self.units: UnitTree = units or directory or FlatUnits()
         self._defs: dict[tuple[str, int], Definition] = {}
         self._latest: dict[str, Definition] = {}
         self._uses_parent: dict[tuple[str, int], bool] = {}
@@ -839,25 +854,50 @@ class Engine:
                     hash=h,
                 )
             )
+            new_row = _Row(
+                id=iid,
+                workflow=workflow,
+                workflow_version=definition.version,
+                state=state,
+                state_entered_at=now,
+                data=values,
+                unit=unit,
+                parent_id=parent,
+                external_ref=external_ref,
+                created_by=actor.id,
+                created_at=now,
+                updated_at=now,
+                version=1,
+                last_seq=1,
+                last_hash=h,
+                entered_seq=1,
+            )
+            start_event = {
+                "seq": 1,
+                "kind": "started",
+                "trigger": None,
+                "from_state": None,
+                "to_state": state,
+                "actor_id": actor.id,
+                "actor_roles": roles_list,
+                "actor_unit": actor.unit,
+                "at": now,
+                "comment": comment,
+                "data_delta": values,
+                "detail": {},
+                "hash": h,
+            }
+            self._notifier.on_event(conn, new_row, start_event, now)
+            self._notifier.notify(
+                conn,
+                definition,
+                new_row,
+                definition.model.states[state].notify,
+                context_kind="state_entered",
+                event=start_event,
+                now=now,
+            )
             if definition.has_deadlines:
-                new_row = _Row(
-                    id=iid,
-                    workflow=workflow,
-                    workflow_version=definition.version,
-                    state=state,
-                    state_entered_at=now,
-                    data=values,
-                    unit=unit,
-                    parent_id=parent,
-                    external_ref=external_ref,
-                    created_by=actor.id,
-                    created_at=now,
-                    updated_at=now,
-                    version=1,
-                    last_seq=1,
-                    last_hash=h,
-                    entered_seq=1,
-                )
                 self._scheduler.on_change(
                     conn,
                     definition,
@@ -1010,6 +1050,30 @@ class Engine:
                 now=now,
                 scope=ctx.scope_after(new),
             )
+        state_notify = definition.model.states[new_state].notify if entered else []
+        if spec.notify or state_notify:
+            event = {
+                "seq": new.last_seq,
+                "kind": kind,
+                "trigger": trigger,
+                "from_state": row.state,
+                "to_state": new_state,
+                "actor_id": actor.id,
+                "comment": comment,
+                "at": now,
+            }
+            self._notifier.notify(
+                conn, definition, new, spec.notify, context_kind=kind, event=event, now=now
+            )
+            self._notifier.notify(
+                conn,
+                definition,
+                new,
+                state_notify,
+                context_kind="state_entered",
+                event=event,
+                now=now,
+            )
         return _instance(new)
 
     def _append(
@@ -1087,7 +1151,7 @@ class Engine:
                 hash=h,
             )
         )
-        return _Row(
+        new = _Row(
             id=row.id,
             workflow=row.workflow,
             workflow_version=row.workflow_version,
@@ -1105,6 +1169,28 @@ class Engine:
             last_hash=h,
             entered_seq=entered_seq,
         )
+        if self._notifier.subscribers:
+            self._notifier.on_event(
+                conn,
+                new,
+                {
+                    "seq": seq,
+                    "kind": kind,
+                    "trigger": trigger,
+                    "from_state": row.state,
+                    "to_state": to_state,
+                    "actor_id": actor.id,
+                    "actor_roles": roles_list,
+                    "actor_unit": actor.unit,
+                    "at": now,
+                    "comment": comment,
+                    "data_delta": dict(delta),
+                    "detail": dict(detail or {}),
+                    "hash": h,
+                },
+                now,
+            )
+        return new
 
     def _append_system_event(
         self,
@@ -1139,7 +1225,7 @@ class Engine:
             if reasons:
                 detail = {**detail, "set_errors": reasons}
             delta = {k: v for k, v in values.items() if row.data.get(k) != v}
-        return self._append(
+        new = self._append(
             conn,
             row,
             kind=kind,
@@ -1152,6 +1238,34 @@ class Engine:
             now=now,
             detail=detail,
         )
+        if notify:
+            due = detail.get("due_at")
+            self._notifier.notify(
+                conn,
+                definition,
+                new,
+                notify,
+                context_kind=kind,
+                event={
+                    "seq": new.last_seq,
+                    "kind": kind,
+                    "trigger": None,
+                    "from_state": row.state,
+                    "to_state": row.state,
+                    "actor_id": actor.id,
+                    "comment": None,
+                    "at": now,
+                },
+                now=now,
+                escalation=kind == "escalation",
+                deadline={
+                    "label": detail.get("label"),
+                    "due_at": datetime.fromisoformat(due) if due else None,
+                    "step": detail.get("escalation") or (detail.get("step", 0) + 1),
+                    "steps": detail.get("of"),
+                },
+            )
+        return new
 
     def available(self, instance_id: str, *, actor: Actor) -> list[TriggerOption]:
         """Triggers leaving the instance's state, each allowed or refused with reasons.

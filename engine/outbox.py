@@ -1,0 +1,767 @@
+"""The transactional outbox: messages written with the event that causes them, delivered later.
+
+:class:`Notifier` runs inside the transition's transaction. It resolves recipients through
+the :class:`~sangkien.directory.Directory`, renders the message template, and inserts one
+outbox row per recipient and channel; it also queues a signed, versioned event for every
+subscribed host platform. A recipient that cannot be resolved, or a template that cannot be
+rendered, becomes a *dead* row with the reason: never silently dropped. If the transaction
+rolls back, so do its messages.
+
+:class:`Dispatcher` runs in the worker. It claims rows with a lease (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL) in a short transaction, delivers them through the adapters outside
+any transaction, then records the outcome: delivered; retried later with exponential
+backoff and jitter on a temporary failure; dead after a permanent failure or too many
+attempts. A dispatcher that dies mid-batch leaves leased rows that another one takes over
+when the lease expires; they are sent again with the same message id.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import structlog
+
+from sangkien.errors import InstanceNotFound, SangkienError
+from sangkien.notifications import (
+    NotificationAdapter,
+    OutgoingMessage,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from sangkien.store import schema as t
+
+if TYPE_CHECKING:
+    from sangkien.definition import Definition
+    from sangkien.runtime import Engine
+
+__all__ = ["DispatchResult", "Dispatcher", "Notifier", "OutboxMessage", "event_type"]
+
+log = structlog.get_logger("sangkien")
+
+EVENT_TYPES = {
+    "started": "instance.started",
+    "transition": "transition.applied",
+    "action": "action.recorded",
+    "reminder": "deadline.reminder",
+    "reminder_skipped": "deadline.reminder_skipped",
+    "deadline_missed": "deadline.missed",
+    "escalation": "deadline.escalated",
+    "escalation_failed": "deadline.escalation_failed",
+    "deadline_extended": "deadline.extended",
+    "deadline_recomputed": "deadline.recomputed",
+}
+DEFAULT_TEMPLATES = {
+    "transition": "transition",
+    "action": "transition",
+    "state_entered": "state_entered",
+    "reminder": "reminder",
+    "deadline_missed": "deadline_missed",
+    "escalation": "escalation",
+}
+
+
+def event_type(kind: str) -> str:
+    """The public, versioned type name of a history event kind."""
+    return EVENT_TYPES.get(kind, f"event.{kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One outbox row as operators see it."""
+
+    id: str
+    kind: str
+    channel: str
+    recipient: str
+    recipient_name: str | None
+    instance_id: str | None
+    template: str | None
+    subject: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    body: str = ""
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, full: bool = False) -> dict[str, Any]:
+        out = {
+            "id": self.id,
+            "kind": self.kind,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "recipient_name": self.recipient_name,
+            "instance_id": self.instance_id,
+            "template": self.template,
+            "subject": self.subject,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "last_error": self.last_error,
+            "created_at": self.created_at.isoformat(),
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+        }
+        if full:
+            out["body"] = self.body
+            out["payload"] = dict(self.payload)
+        return out
+
+
+def _message(row: Any) -> OutboxMessage:
+    return OutboxMessage(
+        row.id,
+        row.kind,
+        row.channel,
+        row.recipient,
+        row.recipient_name,
+        row.instance_id,
+        row.template,
+        row.subject,
+        row.status,
+        row.attempts,
+        row.next_attempt_at,
+        row.last_error,
+        row.created_at,
+        row.delivered_at,
+        row.body,
+        dict(row.payload or {}),
+    )
+
+
+def _address_channel(address: str) -> str:
+    if address.startswith(("http://", "https://")):
+        return "webhook"
+    if "@" in address and ":" not in address.split("@", 1)[0]:
+        return "email"
+    return address.split(":", 1)[0]
+
+
+class Notifier:
+    """Turns notify items and history events into outbox rows, inside the transaction."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        directory: Any = None,
+        templates: Any = None,
+        channels: Sequence[str] = ("log",),
+        link_pattern: str = "",
+        subscribers: Sequence[Any] = (),
+    ) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.templates = templates
+        self.channels = list(channels)
+        self.link_pattern = link_pattern
+        self.subscribers = list(subscribers)
+
+    # ------------------------------------------------------------ rows
+
+    def _insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(t.outbox.insert(), rows)
+
+    def _row(
+        self,
+        *,
+        kind: str,
+        channel: str,
+        recipient: str,
+        now: datetime,
+        instance_id: str | None,
+        event_seq: int | None,
+        recipient_id: str | None = None,
+        recipient_name: str | None = None,
+        template: str | None = None,
+        subject: str = "",
+        body: str = "",
+        payload: Mapping[str, Any] | None = None,
+        dead_reason: str | None = None,
+    ) -> dict[str, Any]:
+        from sangkien.runtime import new_id
+
+        if dead_reason:
+            log.warning(
+                "outbox.undeliverable",
+                instance_id=instance_id,
+                channel=channel,
+                recipient=recipient,
+                reason=dead_reason,
+            )
+        return {
+            "id": new_id(),
+            "kind": kind,
+            "channel": channel,
+            "recipient": recipient,
+            "recipient_id": recipient_id,
+            "recipient_name": recipient_name,
+            "instance_id": instance_id,
+            "event_seq": event_seq,
+            "template": template,
+            "subject": subject,
+            "body": body,
+            "payload": dict(payload or {}),
+            "status": "dead" if dead_reason else "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": dead_reason,
+            "created_at": now,
+            "delivered_at": None,
+        }
+
+    # ------------------------------------------------------------ event webhooks
+
+    def on_event(
+        self, conn: sa.Connection, row: Any, event: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Queue the event for every subscribed host platform."""
+        if not self.subscribers:
+            return
+        etype = event_type(str(event["kind"]))
+        rows = []
+        for sub in self.subscribers:
+            wanted = list(getattr(sub, "events", None) or ["*"])
+            if "*" not in wanted and etype not in wanted:
+                continue
+            payload = self._event_payload(row, event, etype)
+            r = self._row(
+                kind="event",
+                channel="webhook",
+                recipient=str(sub.url),
+                now=now,
+                instance_id=row.id,
+                event_seq=int(event["seq"]),
+                subject=etype,
+                payload=payload,
+            )
+            r["payload"] = {**payload, "id": r["id"]}
+            rows.append(r)
+        self._insert(conn, rows)
+
+    def _event_payload(self, row: Any, event: Mapping[str, Any], etype: str) -> dict[str, Any]:
+        actor_id = str(event.get("actor_id"))
+        return {
+            "type": etype,
+            "version": 1,
+            "occurred_at": event["at"].isoformat(),
+            "data": {
+                "instance": {
+                    "id": row.id,
+                    "workflow": row.workflow,
+                    "workflow_version": row.workflow_version,
+                    "state": row.state,
+                    "unit": row.unit,
+                    "parent_id": row.parent_id,
+                    "external_ref": row.external_ref,
+                    "version": row.version,
+                },
+                "event": {
+                    "seq": event["seq"],
+                    "kind": event["kind"],
+                    "trigger": event.get("trigger"),
+                    "from_state": event.get("from_state"),
+                    "to_state": event.get("to_state"),
+                    "actor": {
+                        "id": actor_id,
+                        "roles": list(event.get("actor_roles") or []),
+                        "unit": event.get("actor_unit"),
+                    },
+                    "automatic": actor_id.startswith("system:"),
+                    "comment": event.get("comment"),
+                    "data_delta": dict(event.get("data_delta") or {}),
+                    "detail": dict(event.get("detail") or {}),
+                    "hash": event.get("hash"),
+                },
+            },
+        }
+
+    # ------------------------------------------------------------ notifications
+
+    def notify(
+        self,
+        conn: sa.Connection,
+        definition: Definition,
+        row: Any,
+        items: Sequence[Any],
+        *,
+        context_kind: str,
+        event: Mapping[str, Any],
+        now: datetime,
+        deadline: Mapping[str, Any] | None = None,
+        escalation: bool = False,
+    ) -> None:
+        """Queue one message per recipient and channel for each notify item."""
+        if not items:
+            return
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            recipients = [item] if isinstance(item, str) else list(item.to)
+            template = None if isinstance(item, str) else item.template
+            channels = None if isinstance(item, str) else item.channels
+            template = template or DEFAULT_TEMPLATES.get(context_kind, "transition")
+            for who in recipients:
+                rows.extend(
+                    self._for_recipient(
+                        definition,
+                        row,
+                        who,
+                        template,
+                        channels,
+                        event=event,
+                        now=now,
+                        deadline=deadline,
+                        escalation=escalation,
+                        context_kind=context_kind,
+                    )
+                )
+        self._insert(conn, rows)
+
+    def _people(
+        self, row: Any, who: str, event: Mapping[str, Any], escalation: bool
+    ) -> tuple[list[Any], str | None]:
+        """Resolve a recipient to people, or explain why nobody."""
+        directory = self.directory
+        if who in ("author", "starter") or who == "actor":
+            pid = row.created_by if who != "actor" else str(event.get("actor_id"))
+            person = directory.person(pid) if directory is not None else None
+            if person is None:
+                from sangkien.directory import Person
+
+                person = Person(pid, pid, {})
+            return [person], None
+        role, _, where = who.partition("@")
+        if directory is None:
+            return [], f"no directory configured to find who holds role {role!r}"
+        unit: str | None = row.unit
+        if where == "parent":
+            unit = directory.parent(row.unit)
+            if unit is None:
+                return [], f"unit {row.unit!r} has no parent unit to find role {role!r} in"
+        seen: list[str] = []
+        while unit is not None:
+            people = directory.holders(role, unit)
+            if people:
+                return people, None
+            seen.append(unit)
+            if not escalation:
+                break
+            unit = directory.parent(unit)  # escalations climb the hierarchy until someone holds it
+        return [], f"no one holds role {role!r} in unit {' or '.join(seen) or row.unit!r}"
+
+    def _for_recipient(
+        self,
+        definition: Definition,
+        row: Any,
+        who: str,
+        template: str,
+        channels: Sequence[str] | None,
+        *,
+        event: Mapping[str, Any],
+        now: datetime,
+        deadline: Mapping[str, Any] | None,
+        escalation: bool,
+        context_kind: str,
+    ) -> list[dict[str, Any]]:
+        base = {
+            "kind": "notification",
+            "now": now,
+            "instance_id": row.id,
+            "event_seq": int(event["seq"]),
+            "template": template,
+        }
+        literal = (
+            who.startswith(("http://", "https://"))
+            or ":" in who
+            or ("@" in who and not who.endswith("@parent"))
+        )
+        if literal:
+            channel = _address_channel(who)
+            address = (
+                who.split(":", 1)[1] if channel not in ("email", "webhook") and ":" in who else who
+            )
+            return [
+                self._render_row(
+                    definition, row, template, channel, address, None, who, base, event, deadline
+                )
+            ]
+        people, why = self._people(row, who, event, escalation)
+        if not people:
+            chan = (channels or self.channels or ["log"])[0]
+            return [
+                self._row(channel=chan, recipient=f"role:{who}@{row.unit}", dead_reason=why, **base)
+            ]
+        out = []
+        for person in people:
+            wanted = list(channels or self.channels)
+            sent = False
+            missing = []
+            for chan in wanted:
+                address = person.id if chan == "log" else person.contacts.get(chan)
+                if not address:
+                    missing.append(chan)
+                    continue
+                out.append(
+                    self._render_row(
+                        definition,
+                        row,
+                        template,
+                        chan,
+                        address,
+                        person.id,
+                        person.name,
+                        base,
+                        event,
+                        deadline,
+                    )
+                )
+                sent = True
+            if channels and missing:
+                for chan in missing:
+                    out.append(
+                        self._row(
+                            channel=chan,
+                            recipient=f"person:{person.id}",
+                            recipient_id=person.id,
+                            recipient_name=person.name,
+                            dead_reason=f"{person.name} ({person.id}) has no "
+                            f"{chan} address in the directory",
+                            **base,
+                        )
+                    )
+            elif not sent:
+                out.append(
+                    self._row(
+                        channel=wanted[0] if wanted else "log",
+                        recipient=f"person:{person.id}",
+                        recipient_id=person.id,
+                        recipient_name=person.name,
+                        dead_reason=f"{person.name} ({person.id}) has no address "
+                        f"on any enabled channel ({', '.join(wanted)})",
+                        **base,
+                    )
+                )
+        return out
+
+    def _render_row(
+        self,
+        definition: Definition,
+        row: Any,
+        template: str,
+        channel: str,
+        address: str,
+        person_id: str | None,
+        name: str | None,
+        base: dict[str, Any],
+        event: Mapping[str, Any],
+        deadline: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        if self.templates is None:
+            subject = f"{definition.title(self.engine.lang)}: {row.state}"
+            return self._row(
+                channel=channel,
+                recipient=address,
+                recipient_id=person_id,
+                recipient_name=name,
+                subject=subject,
+                body=subject,
+                **base,
+            )
+        from sangkien.templates import build_context
+
+        unit_name = None
+        if self.directory is not None:
+            unit = self.directory.unit(row.unit)
+            unit_name = unit.name if unit is not None else None
+        try:
+            context = build_context(
+                definition=definition,
+                instance={
+                    "id": row.id,
+                    "workflow": row.workflow,
+                    "state": row.state,
+                    "unit": row.unit,
+                    "created_by": row.created_by,
+                    "external_ref": row.external_ref,
+                    "data": dict(row.data),
+                    "parent_id": row.parent_id,
+                },
+                event={
+                    "kind": event.get("kind"),
+                    "trigger": event.get("trigger"),
+                    "from_state": event.get("from_state"),
+                    "to_state": event.get("to_state"),
+                    "actor_id": event.get("actor_id"),
+                    "comment": event.get("comment"),
+                    "at": event.get("at"),
+                },
+                deadline=dict(deadline) if deadline else None,
+                recipient={"id": person_id or address, "name": name or address},
+                link_pattern=self.link_pattern,
+                unit_name=unit_name,
+                lang=self.engine.lang,
+            )
+            subject, body = self.templates.render(template, context, self.engine.lang)
+        except SangkienError as exc:
+            return self._row(
+                channel=channel,
+                recipient=address,
+                recipient_id=person_id,
+                recipient_name=name,
+                dead_reason=f"template {template!r}: {exc}",
+                **base,
+            )
+        return self._row(
+            channel=channel,
+            recipient=address,
+            recipient_id=person_id,
+            recipient_name=name,
+            subject=subject,
+            body=body,
+            **base,
+        )
+
+
+@dataclass
+class DispatchResult:
+    """What one dispatcher pass did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+class Dispatcher:
+    """Delivers outbox rows through the adapters, with leases, retries and dead letters."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        adapters: Mapping[str, NotificationAdapter],
+        *,
+        max_attempts: int = 8,
+        backoff: float = 30.0,
+        backoff_max: float = 3600.0,
+        lease: float = 300.0,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.adapters = dict(adapters)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.lease = lease
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
+        self._rng = rng or random.Random()
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before the next try: exponential in *attempts*, with ±50 % jitter."""
+        base = min(self.backoff_max, self.backoff * (2 ** max(0, attempts - 1)))
+        return float(base * (0.5 + self._rng.random()))
+
+    def claim(self, limit: int, now: datetime) -> list[Any]:
+        """Lease up to *limit* due rows to this dispatcher (one short transaction)."""
+        o = t.outbox
+        due = sa.or_(
+            sa.and_(o.c.status == "pending", o.c.next_attempt_at <= now),
+            sa.and_(o.c.status == "delivering", o.c.lease_until < now),
+        )
+        q = sa.select(o.c.id).where(due).order_by(o.c.next_attempt_at, o.c.id).limit(limit)
+        if self.engine.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        with self.engine._write() as conn:
+            ids = [r.id for r in conn.execute(q)]
+            if not ids:
+                return []
+            conn.execute(
+                o.update()
+                .where(o.c.id.in_(ids))
+                .values(
+                    status="delivering",
+                    lease_owner=self.owner,
+                    lease_until=now + timedelta(seconds=self.lease),
+                    attempts=o.c.attempts + 1,
+                )
+            )
+            return list(
+                conn.execute(
+                    sa.select(o).where(o.c.id.in_(ids)).order_by(o.c.next_attempt_at, o.c.id)
+                ).all()
+            )
+
+    def dispatch(self, *, limit: int = 100, now: datetime | None = None) -> DispatchResult:
+        """Claim and deliver one batch; return what happened."""
+        clock = self.engine.clock
+        rows = self.claim(limit, now or clock.now())
+        result = DispatchResult(claimed=len(rows))
+        for row in rows:
+            started = time.perf_counter()
+            message = OutgoingMessage(
+                id=row.id,
+                kind=row.kind,
+                channel=row.channel,
+                recipient=row.recipient,
+                subject=row.subject,
+                body=row.body,
+                payload=dict(row.payload or {}),
+                recipient_name=row.recipient_name,
+                instance_id=row.instance_id,
+                attempt=row.attempts,
+            )
+            adapter = self.adapters.get(row.channel)
+            outcome: str
+            error: str | None = None
+            try:
+                if adapter is None:
+                    raise PermanentFailure(
+                        f"no adapter for channel {row.channel!r} "
+                        f"(enabled: {', '.join(sorted(self.adapters))})"
+                    )
+                adapter.send(message)
+                outcome = "delivered"
+            except PermanentFailure as exc:
+                outcome, error = "dead", f"permanent: {exc}"
+            except TemporaryFailure as exc:
+                error = f"temporary: {exc}"
+                outcome = "dead" if row.attempts >= self.max_attempts else "retry"
+            except Exception as exc:  # an adapter bug must not lose the message
+                error = f"temporary: {type(exc).__name__}: {exc}"
+                outcome = "dead" if row.attempts >= self.max_attempts else "retry"
+            finished = clock.now() if now is None else now
+            self._record(row, outcome, error, finished)
+            setattr(
+                result,
+                {"delivered": "delivered", "retry": "retried", "dead": "dead"}[outcome],
+                getattr(
+                    result, {"delivered": "delivered", "retry": "retried", "dead": "dead"}[outcome]
+                )
+                + 1,
+            )
+            log.info(
+                "delivery",
+                message_id=row.id,
+                channel=row.channel,
+                kind=row.kind,
+                instance_id=row.instance_id,
+                attempt=row.attempts,
+                outcome=outcome,
+                error=error,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        return result
+
+    def _record(self, row: Any, outcome: str, error: str | None, now: datetime) -> None:
+        o = t.outbox
+        mine = sa.and_(o.c.id == row.id, o.c.lease_owner == self.owner, o.c.status == "delivering")
+        if outcome == "delivered":
+            values: dict[str, Any] = {
+                "status": "delivered",
+                "delivered_at": now,
+                "lease_owner": None,
+                "lease_until": None,
+                "last_error": None,
+            }
+        elif outcome == "retry":
+            values = {
+                "status": "pending",
+                "lease_owner": None,
+                "lease_until": None,
+                "last_error": error,
+                "next_attempt_at": now + timedelta(seconds=self.delay(row.attempts)),
+            }
+        else:
+            values = {
+                "status": "dead",
+                "lease_owner": None,
+                "lease_until": None,
+                "last_error": error,
+            }
+        with self.engine._write() as conn:
+            conn.execute(o.update().where(mine).values(**values))
+
+    def run(self, *, limit: int = 100) -> DispatchResult:
+        """Dispatch batches until nothing is due now."""
+        total = DispatchResult()
+        while True:
+            r = self.dispatch(limit=limit)
+            for f in ("claimed", "delivered", "retried", "dead"):
+                setattr(total, f, getattr(total, f) + getattr(r, f))
+            if r.claimed < limit:
+                return total
+
+
+def list_messages(
+    engine: Engine, *, status: str | None = None, instance_id: str | None = None, limit: int = 100
+) -> list[OutboxMessage]:
+    """Outbox rows, newest first, filtered by status and instance."""
+    o = t.outbox
+    q = sa.select(o).order_by(o.c.created_at.desc(), o.c.id.desc()).limit(limit)
+    if status is not None:
+        q = q.where(o.c.status == status)
+    if instance_id is not None:
+        q = q.where(o.c.instance_id == instance_id)
+    with engine._read() as conn:
+        return [_message(r) for r in conn.execute(q)]
+
+
+def get_message(engine: Engine, message_id: str) -> OutboxMessage:
+    """One outbox row with its body and payload."""
+    with engine._read() as conn:
+        row = conn.execute(sa.select(t.outbox).where(t.outbox.c.id == message_id)).first()
+    if row is None:
+        raise InstanceNotFound(message_id)
+    return _message(row)
+
+
+def retry_dead(
+    engine: Engine,
+    *,
+    ids: Sequence[str] = (),
+    instance_id: str | None = None,
+    all_dead: bool = False,
+) -> int:
+    """Put dead messages back in the queue (attempts reset); return how many."""
+    o = t.outbox
+    cond = o.c.status == "dead"
+    if ids:
+        cond = sa.and_(cond, o.c.id.in_(list(ids)))
+    elif instance_id is not None:
+        cond = sa.and_(cond, o.c.instance_id == instance_id)
+    elif not all_dead:
+        return 0
+    now = engine.clock.now()
+    with engine._write() as conn:
+        n = conn.execute(
+            o.update()
+            .where(cond)
+            .values(status="pending", attempts=0, next_attempt_at=now, last_error=None)
+        ).rowcount
+    log.info("outbox.retry", count=n, instance_id=instance_id)
+    return int(n)
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    """Number of outbox rows per status."""
+    o = t.outbox
+    with engine._read() as conn:
+        return {
+            r[0]: int(r[1])
+            for r in conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status))
+        }
+
+
+__all__ += ["counts", "get_message", "list_messages", "retry_dead"]
