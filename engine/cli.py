@@ -792,6 +792,103 @@ def simulate_cmd(
         click.echo(format_entry(e, tz))
 
 
+@cli.group()
+def outbox() -> None:
+    """Messages waiting, delivered or dead (notifications and event webhooks)."""
+
+
+@outbox.command("list")
+@click.option(
+    "--status", type=click.Choice(["pending", "delivering", "delivered", "dead"]), default=None
+)
+@click.option("--instance", "instance_id", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@json_option
+@db_options
+def outbox_list(
+    status: str | None,
+    instance_id: str | None,
+    limit: int,
+    as_json: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
+    """List messages, newest first (with counts per status)."""
+    from sangkien.outbox import counts, list_messages
+
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        items = list_messages(engine, status=status, instance_id=instance_id, limit=limit)
+        totals = counts(engine)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"counts": totals, "messages": [m.to_dict() for m in items]},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    click.echo("  ".join(f"{k}: {v}" for k, v in sorted(totals.items())) or "outbox is empty")
+    for m in items:
+        err = f"  ({m.last_error})" if m.last_error else ""
+        click.echo(
+            f"{m.id}  {m.status:<10} {m.channel:<8} {m.kind:<12} {m.recipient:<32} "
+            f"tries={m.attempts}  {m.subject[:50]}{err}"
+        )
+
+
+@outbox.command("show")
+@click.argument("message_id")
+@json_option
+@db_options
+def outbox_show(
+    message_id: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
+) -> None:
+    """Show one message with its body or payload."""
+    from sangkien.outbox import get_message
+
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        m = get_message(engine, message_id)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps(m.to_dict(full=True), ensure_ascii=False, indent=2))
+        return
+    for k, v in m.to_dict().items():
+        click.echo(f"{k}: {v}")
+    click.echo("")
+    click.echo(m.body or json.dumps(dict(m.payload), ensure_ascii=False, indent=2))
+
+
+@outbox.command("retry")
+@click.argument("message_ids", nargs=-1)
+@click.option("--instance", "instance_id", default=None, help="Every dead message of one instance.")
+@click.option("--all-dead", is_flag=True, help="Every dead message.")
+@db_options
+def outbox_retry(
+    message_ids: tuple[str, ...],
+    instance_id: str | None,
+    all_dead: bool,
+    database_url: str | None,
+    workflows: tuple[str, ...],
+) -> None:
+    """Queue dead messages again (attempts reset)."""
+    from sangkien.outbox import retry_dead
+
+    if not (message_ids or instance_id or all_dead):
+        raise click.UsageError("give MESSAGE_IDS, --instance or --all-dead")
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        n = retry_dead(engine, ids=message_ids, instance_id=instance_id, all_dead=all_dead)
+    finally:
+        engine.close()
+    click.echo(f"{n} message(s) queued again")
+
+
 def _attach_calendar() -> None:
     from sangkien.calendar_cli import calendar
 

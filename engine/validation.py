@@ -408,3 +408,72 @@ def _hint(name: str, known: Any) -> str:
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def check_notifications(
+    definition: Any, templates: Any, channels: Any, lang: str = "vi"
+) -> list[Problem]:
+    """Check every notify item's template (exists, renders) and channels (known).
+
+    Run where templates and adapters are known (``sangkien validate``, ``Engine.register``):
+    a template that names a missing variable is an error here, never a blank in a letter.
+    """
+    from sangkien._yaml import load_yaml
+    from sangkien.templates import sample_context
+
+    doc = load_yaml(definition.source, definition.file)
+    problems: list[Problem] = []
+    known_channels = set(channels)
+    context = sample_context(definition, lang)
+    checked: dict[str, list[str]] = {}
+    for path, items, default in _notify_sites(definition.model):
+        for j, item in enumerate(items):
+            if isinstance(item, str):
+                names, chans, ipath = [default], [], (*path, j)
+            else:
+                names, chans, ipath = [item.template or default], item.channels or [], (*path, j)
+            for k, chan in enumerate(chans):
+                if chan not in known_channels:
+                    problems.append(
+                        doc.problem(
+                            (*ipath, "channels", k),
+                            f"unknown channel {chan!r} (available: {', '.join(sorted(known_channels))})"
+                            + _hint(chan, known_channels),
+                        )
+                    )
+            for name in names:
+                tpath = (
+                    (*ipath, "template") if not isinstance(item, str) and item.template else ipath
+                )
+                if not templates.exists(name):
+                    problems.append(
+                        doc.problem(
+                            tpath, f"unknown template {name!r}" + _hint(name, templates.names())
+                        )
+                    )
+                    continue
+                if name not in checked:
+                    checked[name] = templates.check(name, context)
+                for issue in checked[name]:
+                    problems.append(doc.problem(tpath, f"template {name!r}: {issue}"))
+    return problems
+
+
+def _notify_sites(wf: Any) -> list[tuple[tuple[Any, ...], Any, str]]:
+    sites: list[tuple[tuple[Any, ...], Any, str]] = []
+    for name, st in wf.states.items():
+        sites.append((("states", name, "notify"), st.notify, "state_entered"))
+        if st.deadline is not None:
+            sites.extend(_deadline_sites(("states", name, "deadline"), st.deadline))
+    for i, tr in enumerate(wf.transitions):
+        sites.append((("transitions", i, "notify"), tr.notify, "transition"))
+    for cname, clock in wf.clocks.items():
+        sites.extend(_deadline_sites(("clocks", cname), clock))
+    return sites
+
+
+def _deadline_sites(path: tuple[Any, ...], d: Any) -> list[tuple[tuple[Any, ...], Any, str]]:
+    out: list[tuple[tuple[Any, ...], Any, str]] = [((*path, "notify"), d.notify, "reminder")]
+    for j, step in enumerate(d.escalate):
+        out.append(((*path, "escalate", j, "notify"), step.notify, "escalation"))
+    return out

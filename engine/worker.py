@@ -22,12 +22,15 @@ log = structlog.get_logger("sangkien")
 
 
 class Worker:
-    """Runs :meth:`Engine.tick` every *interval* seconds until stopped."""
+    """Runs the deadline runner and the outbox dispatcher every *interval* seconds."""
 
-    def __init__(self, engine: Engine, *, interval: float = 5.0, batch: int = 200) -> None:
+    def __init__(
+        self, engine: Engine, *, interval: float = 5.0, batch: int = 200, dispatcher: Any = None
+    ) -> None:
         self.engine = engine
         self.interval = interval
         self.batch = batch
+        self.dispatcher = dispatcher
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._stopped = threading.Event()
 
