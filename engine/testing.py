@@ -5,19 +5,35 @@ from sangkien.testing import FrozenClock, engine_for_tests
 def test_my_workflow(tmp_path):
     engine = engine_for_tests(tmp_path, workflows=["workflows/my.yaml"])
     ...
+
+:class:`RecordingAdapter` stands in for a delivery channel and keeps what it was sent;
+:class:`AdapterContract` is the test suite every adapter should pass, for authors of
+third-party adapters to subclass in their own tests. Nothing here needs pytest at import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import threading
+import unittest
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Literal
 
 from sangkien.clock import FrozenClock
 from sangkien.definition import Definition
+from sangkien.notifications import (
+    DeliveryError,
+    NotificationAdapter,
+    OutgoingMessage,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from sangkien.runtime import Engine
 from sangkien.units import UnitTree
 
-__all__ = ["FrozenClock", "engine_for_tests"]
+__all__ = ["AdapterContract", "FrozenClock", "RecordingAdapter", "engine_for_tests"]
 
 
 def engine_for_tests(
@@ -35,3 +51,254 @@ def engine_for_tests(
         units=units,
         migrate=True,
     )
+
+
+class RecordingAdapter:
+    """A delivery channel that keeps every message it delivers, in order.
+
+    ``messages`` holds the delivered messages; ``attempts`` every call to ``send``, failed
+    ones included. Tell it to fail with :meth:`fail_next` (or ``fail_times=`` at
+    construction): the next N sends raise TemporaryFailure (or PermanentFailure with
+    ``permanent=True``) and deliver nothing. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        name: str = "recording",
+        *,
+        fail_times: int = 0,
+        permanent: bool = False,
+    ) -> None:
+        if not name:
+            raise ValueError("an adapter needs a non-empty name")
+        self.name = name
+        self.messages: list[OutgoingMessage] = []
+        self.attempts: list[OutgoingMessage] = []
+        self._lock = threading.Lock()
+        self._failures_left = 0
+        self._failure: Literal["temporary", "permanent"] = "temporary"
+        self._reason = ""
+        if fail_times:
+            self.fail_next(fail_times, permanent=permanent)
+
+    def __repr__(self) -> str:
+        return f"RecordingAdapter(name={self.name!r}, delivered={len(self.messages)})"
+
+    def fail_next(self, times: int = 1, *, permanent: bool = False, reason: str = "") -> None:
+        """Make the next *times* sends fail, temporarily or (``permanent=True``) for good."""
+        if times < 0:
+            raise ValueError(f"times must be zero or more, not {times!r}")
+        with self._lock:
+            self._failures_left = times
+            self._failure = "permanent" if permanent else "temporary"
+            self._reason = reason
+
+    def send(self, message: OutgoingMessage) -> None:
+        """Record *message*, or raise the failure it was told to raise."""
+        with self._lock:
+            self.attempts.append(message)
+            if self._failures_left > 0:
+                self._failures_left -= 1
+                reason = self._reason or f"{self._failure} failure requested by the test"
+                text = f"message {message.id!r} on {self.name!r}: {reason}"
+                if self._failure == "permanent":
+                    raise PermanentFailure(text)
+                raise TemporaryFailure(text)
+            self.messages.append(message)
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the delivered messages, in delivery order (a redelivery appears twice)."""
+        with self._lock:
+            return [m.id for m in self.messages]
+
+    def to(self, recipient: str) -> list[OutgoingMessage]:
+        """Return the delivered messages addressed to *recipient*."""
+        with self._lock:
+            return [m for m in self.messages if m.recipient == recipient]
+
+    def clear(self) -> None:
+        """Forget every message and attempt (pending failures are kept)."""
+        with self._lock:
+            self.messages.clear()
+            self.attempts.clear()
+
+
+# Vietnamese with every kind of diacritic (precomposed NFC, as sent by the engine)
+_VIETNAMESE_SUBJECT = "Thông báo: sáng kiến “Cải tiến quy trình” đã được công nhận"
+_VIETNAMESE_BODY = (
+    "Kính gửi ông Nguyễn Văn Ấn,\n"
+    "Hội đồng sáng kiến cấp cơ sở đã họp và công nhận sáng kiến của ông. "
+    "Ỷ Ỹ Ỵ ỳ ữ ặ ẫ đ Đ ơ ư ợ ở."
+)
+
+
+def _as_text(item: object) -> str:
+    if isinstance(item, OutgoingMessage):
+        data = asdict(item)
+        return json.dumps(data, ensure_ascii=False, default=str)
+    if isinstance(item, bytes | bytearray):
+        return bytes(item).decode("utf-8", "replace")
+    if isinstance(item, Mapping | list | tuple):
+        return json.dumps(item, ensure_ascii=False, default=str)
+    return str(item)
+
+
+class AdapterContract:
+    """The behaviour every NotificationAdapter must have; subclass it in your tests.
+
+    A subclass named ``Test...`` implements :meth:`make_adapter` (an adapter wired to a
+    receiver the test can read, e.g. a local HTTP server) and :meth:`received` (what that
+    receiver got, one item per delivery), and may override :meth:`make_message` (e.g. to
+    give a valid recipient) and :meth:`make_failing_adapter`::
+
+        class TestSmsGateway(AdapterContract):
+            def make_adapter(self):
+                return SmsGatewayAdapter(url=self.server.url, token="t")
+
+            def make_message(self, **overrides):
+                return super().make_message(recipient="+84901234567", **overrides)
+
+            def received(self):
+                return self.server.bodies  # each a dict, str or bytes
+
+    An item of :meth:`received` is what the far side saw for one delivery, decoded to
+    text: a ``str``, UTF-8 ``bytes``, a mapping or list (compared as JSON text), or an
+    :class:`OutgoingMessage`. The contract looks in it for the message id and for the
+    Vietnamese subject or body, unchanged. Tests that do not apply skip (via
+    ``unittest.SkipTest``, which pytest honours).
+    """
+
+    #: the default recipient of :meth:`make_message`
+    recipient = "nguyen.van.an@example.vn"
+
+    # --- to implement
+
+    def make_adapter(self) -> NotificationAdapter:
+        """Return the adapter under test, delivering to a receiver :meth:`received` reads."""
+        raise NotImplementedError("implement make_adapter() in your AdapterContract subclass")
+
+    def received(self) -> Sequence[object]:
+        """Return what the receiver got so far, one item per delivery (see the class doc)."""
+        raise NotImplementedError("implement received() in your AdapterContract subclass")
+
+    # --- may override
+
+    def make_message(self, **overrides: Any) -> OutgoingMessage:
+        """Return a message for the adapter under test; *overrides* replace fields."""
+        import uuid
+
+        fields: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "kind": "notification",
+            "channel": str(getattr(self._adapter(), "name", "") or "test"),
+            "recipient": self.recipient,
+            "recipient_name": "Nguyễn Văn Ấn",
+            "subject": _VIETNAMESE_SUBJECT,
+            "body": _VIETNAMESE_BODY,
+            "instance_id": "inst-0001",
+        }
+        fields.update(overrides)
+        return OutgoingMessage(**fields)
+
+    def make_failing_adapter(self) -> NotificationAdapter | None:
+        """Return an adapter whose receiver is unreachable or refuses, or None to skip."""
+        return None
+
+    # --- helpers
+
+    def _adapter(self) -> NotificationAdapter:
+        if not hasattr(self, "_contract_adapter"):
+            self._contract_adapter = self.make_adapter()
+        return self._contract_adapter
+
+    def teardown_method(self, method: object = None) -> None:
+        """Close the adapter under test if it has a ``close()`` (call super() if you override)."""
+        adapter = self.__dict__.pop("_contract_adapter", None)
+        close = getattr(adapter, "close", None)
+        if callable(close):
+            close()
+
+    def _received_text(self) -> list[str]:
+        return [_as_text(item) for item in self.received()]
+
+    def _send_expecting_delivery(self, message: OutgoingMessage) -> None:
+        try:
+            self._adapter().send(message)
+        except DeliveryError as exc:
+            raise AssertionError(
+                f"{type(self._adapter()).__name__} failed to deliver a valid message: {exc}"
+            ) from exc
+
+    # --- the contract
+
+    def test_has_a_name(self) -> None:
+        """The adapter has a non-empty str `name`, the channel workflows write."""
+        name = getattr(self._adapter(), "name", None)
+        assert isinstance(name, str) and name.strip() == name and name, (
+            f"adapter name must be a non-empty str without spaces around it, not {name!r}"
+        )
+
+    def test_satisfies_the_protocol(self) -> None:
+        """The adapter is a NotificationAdapter: a name and a callable send(message)."""
+        adapter = self._adapter()
+        assert isinstance(adapter, NotificationAdapter)
+        assert callable(adapter.send)
+
+    def test_delivers_a_message(self) -> None:
+        """A sent message reaches the receiver, carrying its id."""
+        message = self.make_message()
+        self._send_expecting_delivery(message)
+        texts = self._received_text()
+        assert texts, "received() is empty after a successful send"
+        assert any(message.id in t for t in texts), (
+            f"message id {message.id!r} not found in what the receiver got: {texts!r}"
+        )
+
+    def test_same_id_twice_is_allowed(self) -> None:
+        """Sending one id twice (a retry after a crash) succeeds; receivers dedupe on the id."""
+        message = self.make_message()
+        self._send_expecting_delivery(message)
+        retry = self.make_message(id=message.id, attempt=2)
+        self._send_expecting_delivery(retry)
+        texts = self._received_text()
+        assert any(message.id in t for t in texts)
+
+    def test_vietnamese_text_survives(self) -> None:
+        """The Vietnamese subject or body arrives unchanged (UTF-8, no mojibake, NFC kept)."""
+        message = self.make_message()
+        self._send_expecting_delivery(message)
+        mine = [t for t in self._received_text() if message.id in t]
+        assert mine, f"message id {message.id!r} not found in what the receiver got"
+        assert any(message.subject in t or message.body in t for t in mine), (
+            f"neither the subject {message.subject!r} nor the body arrived unchanged: {mine!r}"
+        )
+
+    def test_bad_recipient_fails_only_with_delivery_errors(self) -> None:
+        """A nonsense recipient is delivered or refused with Temporary/PermanentFailure only."""
+        message = self.make_message(recipient="\u0000 not a recipient \u0000")
+        try:
+            self._adapter().send(message)
+        except (TemporaryFailure, PermanentFailure):
+            pass
+        except Exception as exc:
+            raise AssertionError(
+                f"send() raised {type(exc).__name__}: {exc}; adapters may only raise "
+                "TemporaryFailure or PermanentFailure"
+            ) from exc
+
+    def test_unreachable_receiver_fails_only_with_delivery_errors(self) -> None:
+        """A receiver that is down or refusing yields Temporary/PermanentFailure, nothing else."""
+        failing = self.make_failing_adapter()
+        if failing is None:
+            raise unittest.SkipTest("make_failing_adapter() returned None")
+        try:
+            failing.send(self.make_message())
+        except (TemporaryFailure, PermanentFailure):
+            return
+        except Exception as exc:
+            raise AssertionError(
+                f"send() raised {type(exc).__name__}: {exc}; adapters may only raise "
+                "TemporaryFailure or PermanentFailure"
+            ) from exc
+        raise AssertionError("make_failing_adapter()'s adapter delivered; it should fail")

@@ -437,8 +437,8 @@ def check_notifications(
                     problems.append(
                         doc.problem(
                             (*ipath, "channels", k),
-                            f"unknown channel {chan!r} (available: {', '.join(sorted(known_channels))})"
-                            + _hint(chan, known_channels),
+                            f"unknown channel {chan!r} (available: "
+                            f"{', '.join(sorted(known_channels))})" + _hint(chan, known_channels),
                         )
                     )
             for name in names:
