@@ -9,8 +9,18 @@ persisting every change in SQLite or PostgreSQL with a hash-chained history.
     inst = engine.start("leave", actor=Actor("u1", ["employee"], "hr"), data={"days": 3})
 """
 
+from sangkien.calendar import Calendar, CalendarError, Duration, DurationError, load_calendar
 from sangkien.clock import Clock, FrozenClock, SystemClock
+from sangkien.deadlines import DeadlineStatus, TickResult
 from sangkien.definition import Definition, load_definition, parse_definition
+from sangkien.directory import (
+    Directory,
+    DirectoryError,
+    Person,
+    Unit,
+    YamlDirectory,
+    load_directory,
+)
 from sangkien.errors import (
     ConcurrencyConflict,
     DefinitionConflict,
@@ -27,16 +37,30 @@ from sangkien.errors import (
     WorkflowNotFound,
 )
 from sangkien.model import Actor, Event, Instance, TriggerOption
+from sangkien.notifications import (
+    NotificationAdapter,
+    OutgoingMessage,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from sangkien.runtime import Engine
+from sangkien.templates import TemplateError, TemplateStore
 from sangkien.units import FlatUnits, StaticUnitTree, UnitTree
 
 __all__ = [
     "Actor",
+    "Calendar",
+    "CalendarError",
     "Clock",
     "ConcurrencyConflict",
+    "DeadlineStatus",
     "Definition",
     "DefinitionConflict",
     "DefinitionError",
+    "Directory",
+    "DirectoryError",
+    "Duration",
+    "DurationError",
     "Engine",
     "Event",
     "FlatUnits",
@@ -46,16 +70,28 @@ __all__ = [
     "Instance",
     "InstanceNotFound",
     "InvalidData",
+    "NotificationAdapter",
+    "OutgoingMessage",
+    "PermanentFailure",
+    "Person",
     "Problem",
     "SangkienError",
     "SchemaOutOfDate",
     "StaticUnitTree",
     "StoreError",
     "SystemClock",
+    "TemplateError",
+    "TemplateStore",
+    "TemporaryFailure",
+    "TickResult",
     "TransitionNotAllowed",
     "TriggerOption",
+    "Unit",
     "UnitTree",
     "WorkflowNotFound",
+    "YamlDirectory",
+    "load_calendar",
     "load_definition",
+    "load_directory",
     "parse_definition",
 ]

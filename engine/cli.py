@@ -221,14 +221,22 @@ def cli(log_format: str | None) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary.")
 def validate(files: tuple[str, ...], quiet: bool) -> None:
     """Check workflow FILES; print FILE:LINE:COL: error: message per problem."""
+    from sangkien.adapters import known_channel_names
     from sangkien.definition import load_definition
+    from sangkien.templates import TemplateStore, shipped_templates_dir
+    from sangkien.validation import check_notifications
 
+    channels = known_channel_names()
     failed = 0
     for f in files:
         problems: list[Problem]
         try:
             d = load_definition(f)
-            problems = list(d.warnings)
+            store = TemplateStore([Path(f).parent / "templates", shipped_templates_dir()])
+            problems = sorted(
+                [*d.warnings, *check_notifications(d, store, channels)],
+                key=lambda p: (p.line, p.column),
+            )
         except DefinitionError as exc:
             problems = exc.problems
         for p in problems:

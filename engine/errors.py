@@ -12,8 +12,14 @@ Every error the engine raises derives from :class:`SangkienError`::
     ├── ConcurrencyConflict        another writer changed the instance first; reload and retry
     ├── IdempotencyKeyReused       an idempotency key was replayed with a different request
     ├── HistoryTampered            an instance's hash chain does not verify
-    └── StoreError                 the database refused or failed (translated driver error)
-        └── SchemaOutOfDate        the database needs ``sangkien db upgrade``
+    ├── StoreError                 the database refused or failed (translated driver error)
+    │   └── SchemaOutOfDate        the database needs ``sangkien db upgrade``
+    ├── CalendarError, DurationError   (sangkien.calendar) bad calendar data or period text
+    ├── DirectoryError             (sangkien.directory) a malformed directory file
+    ├── TemplateError              (sangkien.templates) a message template fails to render
+    └── DeliveryError              (sangkien.notifications) an adapter could not deliver
+        ├── TemporaryFailure       retried with backoff
+        └── PermanentFailure       dead-lettered at once
 
 Messages name the ids involved and say what to do next.
 """

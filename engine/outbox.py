@@ -95,7 +95,7 @@ class OutboxMessage:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "channel": self.channel,
@@ -345,7 +345,10 @@ class Notifier:
         role, _, where = who.partition("@")
         if directory is None:
             return [], f"no directory configured to find who holds role {role!r}"
-        unit: str | None = row.unit
+        # a unit abolished since (e.g. a district before 2025-07-01) is served by its successor
+        unit: str | None = directory.current(
+            row.unit, self.engine.calendar().local_date(self.engine.clock.now())
+        )
         if where == "parent":
             unit = directory.parent(row.unit)
             if unit is None:

@@ -36,6 +36,7 @@ from sangkien.definition import (
 from sangkien.errors import (
     ConcurrencyConflict,
     DefinitionConflict,
+    DefinitionError,
     IdempotencyKeyReused,
     InstanceNotFound,
     InvalidData,
@@ -571,6 +572,18 @@ class Engine:
         it: they must keep the rules they started with. Bump ``version`` instead.
         """
         definition = workflow if isinstance(workflow, Definition) else load_definition(workflow)
+        if self._notifier.templates is not None:
+            from sangkien.adapters import known_channel_names
+            from sangkien.validation import check_notifications
+
+            problems = check_notifications(
+                definition,
+                self._notifier.templates,
+                {*known_channel_names(), *self._notifier.channels},
+                self.lang,
+            )
+            if any(p.severity == "error" for p in problems):
+                raise DefinitionError(problems)
         key, version = definition.key, definition.version
         with self._write() as conn:
             row = conn.execute(

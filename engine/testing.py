@@ -19,7 +19,7 @@ import unittest
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from sangkien.clock import FrozenClock
 from sangkien.definition import Definition
@@ -133,15 +133,43 @@ _VIETNAMESE_BODY = (
 )
 
 
+def _leaves(value: object) -> Iterable[str]:
+    """Every key and scalar inside a JSON-like value, as text (newlines in strings kept)."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield str(key)
+            yield from _leaves(inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            yield from _leaves(inner)
+    elif value is not None:
+        yield str(value)
+
+
 def _as_text(item: object) -> str:
+    """What a receiver got, as searchable text; JSON is searched by its decoded strings."""
     if isinstance(item, OutgoingMessage):
-        data = asdict(item)
-        return json.dumps(data, ensure_ascii=False, default=str)
-    if isinstance(item, bytes | bytearray):
-        return bytes(item).decode("utf-8", "replace")
+        return "\n".join(_leaves(asdict(item)))
     if isinstance(item, Mapping | list | tuple):
-        return json.dumps(item, ensure_ascii=False, default=str)
-    return str(item)
+        return "\n".join(_leaves(item))
+    if isinstance(item, bytes | bytearray):
+        text = bytes(item).decode("utf-8", "replace")
+    else:
+        text = str(item)
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            return text + "\n" + "\n".join(_leaves(json.loads(text)))
+        except ValueError:
+            pass
+    return text
+
+
+def _skip(reason: str) -> NoReturn:
+    try:
+        import pytest
+    except ImportError:  # unittest and pytest both honour SkipTest
+        raise unittest.SkipTest(reason) from None
+    pytest.skip(reason)
 
 
 class AdapterContract:
@@ -163,10 +191,10 @@ class AdapterContract:
                 return self.server.bodies  # each a dict, str or bytes
 
     An item of :meth:`received` is what the far side saw for one delivery, decoded to
-    text: a ``str``, UTF-8 ``bytes``, a mapping or list (compared as JSON text), or an
-    :class:`OutgoingMessage`. The contract looks in it for the message id and for the
-    Vietnamese subject or body, unchanged. Tests that do not apply skip (via
-    ``unittest.SkipTest``, which pytest honours).
+    text: a ``str``, UTF-8 ``bytes``, a mapping or list (searched by its keys and values; a
+    JSON ``str`` or ``bytes`` is decoded too), or an :class:`OutgoingMessage`. The contract
+    looks in it for the message id and for the Vietnamese subject or body, unchanged. Tests
+    that do not apply are skipped.
     """
 
     #: the default recipient of :meth:`make_message`
@@ -291,7 +319,7 @@ class AdapterContract:
         """A receiver that is down or refusing yields Temporary/PermanentFailure, nothing else."""
         failing = self.make_failing_adapter()
         if failing is None:
-            raise unittest.SkipTest("make_failing_adapter() returned None")
+            _skip("make_failing_adapter() returned None")
         try:
             failing.send(self.make_message())
         except (TemporaryFailure, PermanentFailure):

@@ -428,6 +428,7 @@ def check_notifications(
     checked: dict[str, list[str]] = {}
     for path, items, default in _notify_sites(definition.model):
         for j, item in enumerate(items):
+            chans: list[str]
             if isinstance(item, str):
                 names, chans, ipath = [default], [], (*path, j)
             else:

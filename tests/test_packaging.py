@@ -47,6 +47,10 @@ def test_wheel_ships_data_and_typing_marker(wheel: Path) -> None:
         "sangkien/store/migrations/script.py.mako",
         "sangkien/adapters/__init__.py",
         "sangkien/config/__init__.py",
+        "sangkien/config/data/directory.yaml",
+        "sangkien/config/data/calendars/vn.yaml",
+        "sangkien/workflows/templates/vi/transition.txt",
+        "sangkien/workflows/templates/en/transition.txt",
     ):
         assert needed in names, needed
     assert any(n.startswith("sangkien/store/migrations/versions/0001") for n in names)

@@ -1,0 +1,155 @@
+"""What every route needs: the engine, the settings, the caller, metrics and safe retries."""
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Header, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from sangkien.api.auth import API_KEY_HEADER, UNIT_HEADER, Authenticator
+from sangkien.api.idempotency import (
+    IDEMPOTENCY_HEADER,
+    IdempotencyStore,
+    check_key,
+    fingerprint,
+)
+from sangkien.api.metrics import Metrics
+from sangkien.api.problems import ApiError
+from sangkien.api.settings import ApiSettings
+from sangkien.model import Actor
+from sangkien.runtime import Engine
+
+__all__ = ["ApiContext"]
+
+log = structlog.get_logger("sangkien.api")
+
+REPLAYED_HEADER = "Idempotency-Replayed"
+ACTOR_SCOPE_KEY = "sangkien.actor"
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A JWT with claims sub, roles (list) and unit (or units + X-Sangkien-Unit).",
+)
+_api_key = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    scheme_name="apiKey",
+    description="A static API key from the keys file (bound to roles and a unit).",
+)
+
+
+class ApiContext:
+    """Shared state of one API: built once per app (or per mounted router)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ApiSettings,
+        *,
+        metrics: Metrics | None = None,
+        authenticator: Authenticator | None = None,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics or Metrics(engine)
+        self.auth = authenticator or Authenticator(settings)
+        self.idempotency = idempotency or IdempotencyStore(
+            engine._db, engine.clock, lease=settings.idempotency_lease
+        )
+        self.lang = engine.lang
+        self.actor = self._actor_dependency()
+        self.admin = self._admin_dependency()
+
+    # -- dependencies
+
+    def _actor_dependency(self) -> Callable[..., Actor]:
+        auth = self.auth
+
+        def current_actor(
+            request: Request,
+            _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+            _key: Annotated[str | None, Security(_api_key)],
+            _unit: Annotated[
+                str | None,
+                Header(
+                    alias=UNIT_HEADER,
+                    description="Which of the token's units to act for (default: the first).",
+                ),
+            ] = None,
+        ) -> Actor:
+            principal = auth.authenticate(request)
+            request.scope[ACTOR_SCOPE_KEY] = principal.actor.id
+            return principal.actor
+
+        return current_actor
+
+    def _admin_dependency(self) -> Callable[..., Actor]:
+        role = self.settings.admin_role
+        current_actor = self.actor
+
+        def admin_actor(actor: Annotated[Actor, Security(current_actor)]) -> Actor:
+            if role not in actor.roles:
+                raise ApiError(
+                    403,
+                    "admin-required",
+                    "Administrator role required",
+                    f"role {role} required; you have {', '.join(sorted(actor.roles)) or 'no role'}",
+                    reasons=[f"role {role} required"],
+                )
+            return actor
+
+        return admin_actor
+
+    # -- responses
+
+    @staticmethod
+    def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+        """A JSON response of *body* (pydantic models and dataclasses are encoded)."""
+        return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+    def idempotent(
+        self,
+        request: Request,
+        actor: Actor,
+        key: str | None,
+        body: Any,
+        run: Callable[[], tuple[int, Any]],
+    ) -> JSONResponse:
+        """Run *run* once per Idempotency-Key; replays get the stored response back.
+
+        *body* is the request as parsed (it is fingerprinted); *run* returns the status code
+        and the body of a successful response. Errors are not stored: the key may be retried.
+        """
+        if not key:
+            status, out = run()
+            return self.json(out, status)
+        key = check_key(key)
+        digest = fingerprint(request.method, request.url.path, jsonable_encoder(body))
+        stored = self.idempotency.claim(actor.id, key, digest)
+        if stored is not None:
+            return JSONResponse(
+                stored.body, status_code=stored.status_code, headers={REPLAYED_HEADER: "true"}
+            )
+        try:
+            status, out = run()
+            encoded = jsonable_encoder(out)
+        except BaseException:
+            self.idempotency.release(actor.id, key)
+            raise
+        self.idempotency.complete(actor.id, key, status, encoded)
+        return JSONResponse(encoded, status_code=status)
+
+
+def idempotency_header() -> Any:
+    """The ``Idempotency-Key`` header parameter of a POST route."""
+    return Header(
+        alias=IDEMPOTENCY_HEADER,
+        max_length=255,
+        description="Makes the POST safe to retry: a replay returns the first response; "
+        "the same key with a different request is refused (422).",
+    )

@@ -1,0 +1,276 @@
+"""Routes under /v1/instances: start, list, read, fire, triggers, history and deadlines."""
+
+import base64
+import binascii
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from sangkien.api.context import REPLAYED_HEADER, ApiContext, idempotency_header
+from sangkien.api.problems import ApiError, ProblemRoute
+from sangkien.api.schemas import (
+    DeadlineOut,
+    EventOut,
+    ExtendRequest,
+    FireRequest,
+    InstanceOut,
+    InstancePage,
+    StartRequest,
+    TriggerOut,
+)
+from sangkien.errors import ConcurrencyConflict, InstanceNotFound, TransitionNotAllowed
+from sangkien.model import Actor, Instance
+
+__all__ = ["instances_router"]
+
+_CURSOR_PREFIX = "v1:"
+InstanceId = Annotated[str, Path(min_length=1, max_length=64, description="Instance id.")]
+
+
+def encode_cursor(last_id: str) -> str:
+    """An opaque cursor that resumes a listing after *last_id*."""
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + last_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor resumes after; a 422 problem if it was not made by this API."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) <= len(_CURSOR_PREFIX):
+        raise ApiError(
+            422,
+            "invalid-cursor",
+            "Invalid cursor",
+            "cursor is not one this API returned; start again without it",
+        )
+    return raw[len(_CURSOR_PREFIX) :]
+
+
+def _replayed(inst: Instance) -> dict[str, str] | None:
+    return {REPLAYED_HEADER: "true"} if inst.replayed else None
+
+
+def instances_router(ctx: ApiContext) -> APIRouter:
+    """The instance routes of one API."""
+    router = APIRouter(prefix="/v1/instances", tags=["instances"], route_class=ProblemRoute)
+    engine = ctx.engine
+    metrics = ctx.metrics
+    actor_dep = Depends(ctx.actor)
+
+    def refused(workflow: str | None, trigger: str, instance_id: str | None = None) -> None:
+        if workflow is None and instance_id is not None:
+            try:
+                workflow = engine.get(instance_id).workflow
+            except InstanceNotFound:
+                workflow = ""
+        metrics.refusals.labels(workflow=workflow or "", trigger=trigger).inc()
+
+    @router.post(
+        "",
+        response_model=InstanceOut,
+        status_code=201,
+        summary="Start an instance",
+        responses={201: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
+    )
+    def start(
+        body: StartRequest,
+        actor: Annotated[Actor, actor_dep],
+        idempotency_key: Annotated[str | None, idempotency_header()] = None,
+    ) -> JSONResponse:
+        """Start an instance of a workflow in a unit (default: the caller's)."""
+        try:
+            inst = engine.start(
+                body.workflow,
+                actor=actor,
+                unit=body.unit,
+                data=body.data,
+                parent=body.parent,
+                external_ref=body.external_ref,
+                comment=body.comment,
+                idempotency_key=idempotency_key,
+                version=body.version,
+            )
+        except TransitionNotAllowed:
+            refused(body.workflow, "start")
+            raise
+        if not inst.replayed:
+            metrics.started.labels(workflow=inst.workflow).inc()
+        return ctx.json(InstanceOut.of(inst), 201, _replayed(inst))
+
+    @router.get("", response_model=InstancePage, summary="List instances")
+    def list_instances(
+        actor: Annotated[Actor, actor_dep],
+        workflow: Annotated[str | None, Query(max_length=64)] = None,
+        state: Annotated[str | None, Query(max_length=64)] = None,
+        unit: Annotated[str | None, Query(max_length=128)] = None,
+        parent: Annotated[str | None, Query(max_length=64)] = None,
+        overdue: Annotated[
+            bool, Query(description="Only instances with a deadline already past due.")
+        ] = False,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> InstancePage:
+        """Instances the caller's units cover, oldest first, one page at a time."""
+        after = decode_cursor(cursor) if cursor else None
+        items: list[Instance] = []
+        if overdue:
+            source = _overdue_instances(
+                ctx, actor, workflow=workflow, state=state, unit=unit, parent=parent, after=after
+            )
+            for inst in source:
+                items.append(inst)
+                if len(items) > limit:
+                    break
+        else:
+            items = engine.list(
+                workflow=workflow,
+                state=state,
+                unit=unit,
+                parent=parent,
+                actor=actor,
+                after=after,
+                limit=limit + 1,
+            )
+        more = len(items) > limit
+        page = items[:limit]
+        return InstancePage(
+            items=[InstanceOut.of(i) for i in page],
+            next_cursor=encode_cursor(page[-1].id) if more and page else None,
+        )
+
+    @router.get("/{instance_id}", response_model=InstanceOut, summary="Read an instance")
+    def get_instance(instance_id: InstanceId, actor: Annotated[Actor, actor_dep]) -> InstanceOut:
+        """One instance; outside the caller's units it does not exist (404)."""
+        return InstanceOut.of(engine.get(instance_id, actor=actor))
+
+    @router.post(
+        "/{instance_id}/fire",
+        response_model=InstanceOut,
+        summary="Fire a trigger",
+        responses={200: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
+    )
+    def fire(
+        instance_id: InstanceId,
+        body: FireRequest,
+        actor: Annotated[Actor, actor_dep],
+        idempotency_key: Annotated[str | None, idempotency_header()] = None,
+    ) -> JSONResponse:
+        """Fire a trigger as the caller; 403 names the rule that refused it.
+
+        With ``expected_version``, a change since that version is a 409 carrying the
+        instance's ``current_state``.
+        """
+        try:
+            inst = engine.fire(
+                instance_id,
+                body.trigger,
+                actor=actor,
+                data=body.data,
+                comment=body.comment,
+                idempotency_key=idempotency_key,
+                expected_version=body.expected_version,
+            )
+        except TransitionNotAllowed:
+            refused(None, body.trigger, instance_id)
+            raise
+        except ConcurrencyConflict:
+            metrics.conflicts.inc()
+            raise
+        if not inst.replayed:
+            metrics.transitions.labels(workflow=inst.workflow, trigger=body.trigger).inc()
+        return ctx.json(InstanceOut.of(inst), 200, _replayed(inst))
+
+    @router.get(
+        "/{instance_id}/triggers", response_model=list[TriggerOut], summary="Available triggers"
+    )
+    def triggers(instance_id: InstanceId, actor: Annotated[Actor, actor_dep]) -> list[TriggerOut]:
+        """Triggers leaving the current state, each allowed for the caller or refused with
+        reasons (data-dependent checks are left to the fire itself)."""
+        return [TriggerOut.of(o) for o in engine.available(instance_id, actor=actor)]
+
+    @router.get("/{instance_id}/history", response_model=list[EventOut], summary="History")
+    def history(instance_id: InstanceId, actor: Annotated[Actor, actor_dep]) -> list[EventOut]:
+        """The instance's hash-chained history, oldest first."""
+        return [EventOut.of(e) for e in engine.history(instance_id, actor=actor)]
+
+    @router.get(
+        "/{instance_id}/deadlines", response_model=list[DeadlineOut], summary="Open deadlines"
+    )
+    def deadlines(instance_id: InstanceId, actor: Annotated[Actor, actor_dep]) -> list[DeadlineOut]:
+        """The instance's open deadlines: due time, how late, escalation step."""
+        return [DeadlineOut.of(d) for d in engine.deadlines(instance_id, actor=actor)]
+
+    @router.post(
+        "/{instance_id}/deadlines/extend",
+        response_model=list[DeadlineOut],
+        summary="Extend deadlines",
+    )
+    def extend(
+        request: Request,
+        instance_id: InstanceId,
+        body: ExtendRequest,
+        actor: Annotated[Actor, actor_dep],
+        idempotency_key: Annotated[str | None, idempotency_header()] = None,
+    ) -> JSONResponse:
+        """Move the instance's open deadline(s) later, with a reason recorded in history.
+
+        Allowed to the roles in ``SANGKIEN_EXTEND_ROLES`` (default: admin, unit_head,
+        committee_chair) whose unit covers the instance's.
+        """
+        allowed = ctx.settings.extend_roles
+        engine.get(instance_id, actor=actor)  # 404 before 403 outside the caller's units
+        if not set(allowed) & actor.roles:
+            have = ", ".join(sorted(actor.roles)) or "no role"
+            reason = f"role {' or '.join(allowed)} required to extend deadlines; you have {have}"
+            raise ApiError(
+                403,
+                "transition-not-allowed",
+                "Transition not allowed",
+                f"'extend' refused on instance {instance_id!r}: {reason}",
+                trigger="extend",
+                reasons=[reason],
+            )
+
+        def run() -> tuple[int, Any]:
+            items = engine.extend_deadline(
+                instance_id,
+                actor=actor,
+                reason=body.reason,
+                by=body.by,
+                until=body.until,
+                deadline=body.deadline,
+            )
+            return 200, [DeadlineOut.of(d) for d in items]
+
+        return ctx.idempotent(request, actor, idempotency_key, body.model_dump(mode="json"), run)
+
+    return router
+
+
+def _overdue_instances(
+    ctx: ApiContext,
+    actor: Actor,
+    *,
+    workflow: str | None,
+    state: str | None,
+    unit: str | None,
+    parent: str | None,
+    after: str | None,
+) -> Iterator[Instance]:
+    """Instances with a deadline past due, by id, matching the filters."""
+    late = ctx.engine.overdue(unit=unit, workflow=workflow, actor=actor, limit=10_000)
+    ids = sorted({d.instance_id for d in late if after is None or d.instance_id > after})
+    for iid in ids:
+        try:
+            inst = ctx.engine.get(iid, actor=actor)
+        except InstanceNotFound:  # gone between the two reads, or out of scope
+            continue
+        if state is not None and inst.state != state:
+            continue
+        if parent is not None and inst.parent_id != parent:
+            continue
+        yield inst
