@@ -15,6 +15,7 @@ up again. Nothing fires twice, nothing is lost.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,18 +113,15 @@ def _label(label: Any, lang: str) -> str | None:
     return str(label.get(lang) or next(iter(label.values()), None))
 
 
-def _as_moment(value: Any) -> datetime | date | None:
-    """Read a `from`/`at` result: a timestamp at 00:00 UTC is a date (date fields are)."""
+_FIELD_REF = re.compile(r"^\s*(parent\.)?data\.([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+def _as_moment(value: Any, *, date_field: bool = False) -> datetime | date | None:
+    """Read a `from`/`at` result; *date_field*: it reads a date field (a day, not a moment)."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        if (
-            value.tzinfo is not None
-            and (value.hour, value.minute, value.second, value.microsecond) == (0, 0, 0, 0)
-            and (value.utcoffset() == timedelta(0))
-        ):
-            return value.date()
-        return value
+        return value.date() if date_field else value
     if isinstance(value, date):
         return value
     if isinstance(value, str):
@@ -283,7 +281,23 @@ class Scheduler:
             value = definition.expression(source).evaluate(scope)
         except ExpressionError:
             return None
-        return _as_moment(value)
+        return _as_moment(value, date_field=self._is_date_field(definition, source))
+
+    def _is_date_field(self, definition: Definition, source: str) -> bool:
+        """Whether *source* is just ``data.X`` / ``parent.data.X`` of a field of type date."""
+        m = _FIELD_REF.match(source)
+        if m is None:
+            return False
+        fields = definition.model.fields
+        if m.group(1):
+            if definition.model.parent is None:
+                return False
+            try:
+                fields = self.engine.definition(definition.model.parent).model.fields
+            except SangkienError:
+                return False
+        spec = fields.get(m.group(2))
+        return spec is not None and spec.type == "date"
 
     def _unset(self, inst: Any, name: str, source: str) -> None:
         log.warning(
@@ -340,9 +354,12 @@ class Scheduler:
         entry_seq: int,
         now: datetime,
         scope: Mapping[str, Any],
+        changed: Sequence[str] = (),
     ) -> None:
         """Keep deadlines in step with a change of *inst* (already written)."""
         wf = definition.model
+        if not entered and changed:
+            self._follow_data(conn, definition, inst, changed, now, scope)
         if entered:
             open_ids = [
                 r.id
@@ -384,6 +401,65 @@ class Scheduler:
                 entry_seq=entry_seq,
                 now=now,
                 scope=scope,
+            )
+
+    def _follow_data(
+        self,
+        conn: sa.Connection,
+        definition: Definition,
+        inst: Any,
+        changed: Sequence[str],
+        now: datetime,
+        scope: Mapping[str, Any],
+    ) -> None:
+        """A recorded action changed a date an `at:`/`from:` deadline reads: move the due."""
+        spec = definition.model.states[inst.state].deadline
+        source = (spec.at or spec.from_) if spec is not None else None
+        if spec is None or source is None:
+            return
+        refs = {r.name for r in definition.expression(source).field_refs if not r.parent}
+        if not refs & set(changed):
+            return
+        row = conn.execute(
+            sa.select(t.deadlines).where(
+                t.deadlines.c.instance_id == inst.id,
+                t.deadlines.c.kind == "state",
+                t.deadlines.c.status == "active",
+            )
+        ).first()
+        if row is None:
+            return
+        cal = self.engine.calendar(definition.model.calendar)
+        moment = self._evaluate(definition, source, scope)
+        if moment is None:
+            return
+        anchor: datetime | None
+        if spec.at is not None:
+            anchor = None
+            base = cal.end_of_day(moment) if not isinstance(moment, datetime) else moment
+        else:
+            anchor = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
+            base = self._base_due(cal, anchor, spec.after, None)
+        exact = parse_duration(row.period).exact if row.period else False
+        due = self._apply_shifts(cal, base, row.shifts, exact=exact)
+        if due != row.due_at:
+            self.reschedule(
+                conn,
+                row,
+                definition,
+                due,
+                now,
+                base_due_at=base,
+                anchor_at=anchor,
+                escalations_done=0,
+            )
+            log.info(
+                "deadline.moved",
+                instance_id=inst.id,
+                deadline=f"state:{inst.state}",
+                old_due=row.due_at.isoformat(),
+                new_due=due.isoformat(),
+                reason="data",
             )
 
     def _clocks(
@@ -495,12 +571,29 @@ class Scheduler:
         definition: Definition,
         due: datetime,
         now: datetime,
+        *,
+        rearm: bool = True,
         **values: Any,
     ) -> None:
-        """Set a new due time on an open deadline and replace its pending timers."""
+        """Set a new due time on an open deadline and replace its pending timers.
+
+        With *rearm* false (a recompute), a reminder, due notice or escalation step that
+        already fired is not scheduled again when its new time has passed too.
+        """
         spec = spec_of(definition, row.kind, row.name)
         cal = self.engine.calendar(row.calendar)
         escalations_from = values.pop("escalations_done", row.escalations_done)
+        done: set[tuple[str, int]] = set()
+        if not rearm:
+            done = {
+                (r.kind, r.step)
+                for r in conn.execute(
+                    sa.select(t.timers.c.kind, t.timers.c.step).where(
+                        t.timers.c.deadline_id == row.id,
+                        t.timers.c.status.in_(("fired", "skipped")),
+                    )
+                )
+            }
         conn.execute(
             t.deadlines.update()
             .where(t.deadlines.c.id == row.id)
@@ -515,7 +608,8 @@ class Scheduler:
                 [
                     x
                     for x in self.timers_for(cal, spec, due, now, escalations_from=escalations_from)
-                    if x[2] > now or x[0] != "remind"
+                    if (x[2] > now or x[0] != "remind")
+                    and not ((x[0], x[1]) in done and x[2] <= now)
                 ],
             )
 
@@ -536,26 +630,39 @@ class Runner:
         self.skip_late_reminders = skip_late_reminders
 
     def tick(self, *, now: datetime | None = None, limit: int = 200) -> TickResult:
-        """Process every timer due by *now*, oldest first, in batches of *limit*."""
+        """Process every timer due by *now*, oldest first, in batches of about *limit*."""
         result = TickResult()
         while True:
-            batch = self._batch(now or self.engine.clock.now(), limit, result)
-            if batch < limit:
+            claimed, progressed = self._batch(now or self.engine.clock.now(), limit, result)
+            if claimed == 0 or progressed == 0:
                 return result
 
-    def _batch(self, now: datetime, limit: int, result: TickResult) -> int:
+    def _batch(self, now: datetime, limit: int, result: TickResult) -> tuple[int, int]:
         engine = self.engine
         tm = t.timers
-        q = (
-            sa.select(
-                tm.c.id, tm.c.deadline_id, tm.c.instance_id, tm.c.kind, tm.c.step, tm.c.fire_at
-            )
-            .where(tm.c.status == "pending", tm.c.fire_at <= now)
-            .order_by(tm.c.fire_at, tm.c.id)
-            .limit(limit)
-        )
+        cols = (tm.c.id, tm.c.deadline_id, tm.c.instance_id, tm.c.kind, tm.c.step, tm.c.fire_at)
+        due = sa.and_(tm.c.status == "pending", tm.c.fire_at <= now)
         if engine.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)
+            # Claim whole instances, not single timers: each instance then belongs to one
+            # runner per batch, so runners never deadlock on instance rows and every
+            # instance's timers are recorded in fire order.
+            earliest = (
+                sa.select(tm.c.instance_id).where(due).order_by(tm.c.fire_at, tm.c.id).limit(limit)
+            )
+            owned = (
+                sa.select(t.instances.c.id)
+                .where(t.instances.c.id.in_(earliest.scalar_subquery()))
+                .order_by(t.instances.c.id)
+                .with_for_update(skip_locked=True)
+            )
+            q = (
+                sa.select(*cols)
+                .where(due, tm.c.instance_id.in_(owned.scalar_subquery()))
+                .order_by(tm.c.fire_at, tm.c.id)
+            )
+        else:
+            q = sa.select(*cols).where(due).order_by(tm.c.fire_at, tm.c.id).limit(limit)
+        before = result.processed
         with engine._write() as conn:
             rows = conn.execute(q).all()
             for row in rows:
@@ -582,7 +689,7 @@ class Runner:
                     outcome=outcome,
                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 )
-        return len(rows)
+        return len(rows), result.processed - before
 
     def _mark(
         self,

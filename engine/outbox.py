@@ -330,11 +330,16 @@ class Notifier:
         self._insert(conn, rows)
 
     def _people(
-        self, row: Any, who: str, event: Mapping[str, Any], escalation: bool
+        self,
+        row: Any,
+        who: str,
+        event: Mapping[str, Any],
+        escalation: bool,
+        starter_roles: frozenset[str] = frozenset(),
     ) -> tuple[list[Any], str | None]:
         """Resolve a recipient to people, or explain why nobody."""
         directory = self.directory
-        if who in ("author", "starter") or who == "actor":
+        if who in ("author", "starter", "actor") or who in starter_roles:
             pid = row.created_by if who != "actor" else str(event.get("actor_id"))
             person = directory.person(pid) if directory is not None else None
             if person is None:
@@ -400,7 +405,7 @@ class Notifier:
                     definition, row, template, channel, address, None, who, base, event, deadline
                 )
             ]
-        people, why = self._people(row, who, event, escalation)
+        people, why = self._people(row, who, event, escalation, definition.starter_roles)
         if not people:
             chan = (channels or self.channels or ["log"])[0]
             return [

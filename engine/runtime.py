@@ -222,7 +222,7 @@ class Engine:
             workflow=workflow,
             actor=actor,
             since=now,
-            until=horizon,
+            through=horizon,
             limit=limit,
             now=now,
         )
@@ -236,6 +236,7 @@ class Engine:
         actor: Actor | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        through: datetime | None = None,
         statuses: tuple[str, ...] = ("active",),
         limit: int = 500,
         now: datetime | None = None,
@@ -258,6 +259,8 @@ class Engine:
             q = q.where(d.c.due_at >= since)
         if until is not None:
             q = q.where(d.c.due_at < until)
+        if through is not None:
+            q = q.where(d.c.due_at <= through)
         if actor is not None and not actor.is_system:
             if actor.unit is None:
                 return []
@@ -284,7 +287,8 @@ class Engine:
                 if actor is not None and not self._visible(actor, r.unit):
                     continue
                 cal = self.calendar(r.calendar)
-                late = now - r.due_at
+                # a paused clock does not run late: measure it at the moment it paused
+                late = (r.paused_at if r.status == "paused" and r.paused_at else now) - r.due_at
                 wd_late = 0
                 if late > timedelta(0):
                     a, b = cal.local_date(r.due_at), cal.local_date(now)
@@ -490,6 +494,7 @@ class Engine:
                         definition,
                         due,
                         now,
+                        rearm=False,
                         base_due_at=base,
                         calendar_fingerprint=cal.fingerprint,
                     )
@@ -1062,6 +1067,7 @@ class Engine:
                 entry_seq=new.entered_seq,
                 now=now,
                 scope=ctx.scope_after(new),
+                changed=list(ctx.delta),
             )
         state_notify = definition.model.states[new_state].notify if entered else []
         if spec.notify or state_notify:

@@ -128,7 +128,9 @@ def test_invalid_reminder_and_escalation_durations_are_reported() -> None:
 
 def test_at_combined_with_after_is_refused() -> None:
     """A deadline with both `at` and `after` is refused at the `at` value."""
-    text = _edit("      after: 10 working days\n", "      after: 10 working days\n      at: data.due_on\n")
+    text = _edit(
+        "      after: 10 working days\n", "      after: 10 working days\n      at: data.due_on\n"
+    )
     _expect(text, _at(text, "data.due_on"), "'at' gives the due time itself")
 
 
@@ -253,8 +255,12 @@ def test_addresses_and_builtin_recipients_are_accepted() -> None:
 
 def test_deadline_on_a_final_state_is_refused_at_its_key() -> None:
     """A final state cannot have a deadline: refused at the `deadline` key."""
-    text = _edit("  done: {final: true}\n", "  done:\n    final: true\n    deadline:\n      after: 1 day\n")
-    _expect(text, _at(text, "deadline:", after="  done:"), "final state 'done' cannot have a deadline")
+    text = _edit(
+        "  done: {final: true}\n", "  done:\n    final: true\n    deadline:\n      after: 1 day\n"
+    )
+    _expect(
+        text, _at(text, "deadline:", after="  done:"), "final state 'done' cannot have a deadline"
+    )
 
 
 def test_unknown_key_in_deadline_is_refused() -> None:

@@ -116,6 +116,12 @@ def create_app(
             engine.close()
             raise
     ctx = ApiContext(engine, api_settings)
+    if not api_settings.has_credentials():
+        log.warning(
+            "api.no_credentials",
+            hint="every request will be refused: set SANGKIEN_JWT_SECRET, SANGKIEN_JWT_JWKS_URL "
+            "or SANGKIEN_API_KEYS_FILE",
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -17,7 +17,7 @@ from sangkien.api.idempotency import (
     fingerprint,
 )
 from sangkien.api.metrics import Metrics
-from sangkien.api.problems import ApiError
+from sangkien.api.problems import ApiError, problem_route
 from sangkien.api.settings import ApiSettings
 from sangkien.model import Actor
 from sangkien.runtime import Engine
@@ -62,6 +62,7 @@ class ApiContext:
             engine._db, engine.clock, lease=settings.idempotency_lease
         )
         self.lang = engine.lang
+        self.route_class = problem_route(settings.max_body_bytes)
         self.actor = self._actor_dependency()
         self.admin = self._admin_dependency()
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from sangkien.api.context import REPLAYED_HEADER, ApiContext, idempotency_header
-from sangkien.api.problems import ApiError, ProblemRoute
+from sangkien.api.problems import ApiError
 from sangkien.api.schemas import (
     DeadlineOut,
     EventOut,
@@ -56,7 +56,7 @@ def _replayed(inst: Instance) -> dict[str, str] | None:
 
 def instances_router(ctx: ApiContext) -> APIRouter:
     """The instance routes of one API."""
-    router = APIRouter(prefix="/v1/instances", tags=["instances"], route_class=ProblemRoute)
+    router = APIRouter(prefix="/v1/instances", tags=["instances"], route_class=ctx.route_class)
     engine = ctx.engine
     metrics = ctx.metrics
     actor_dep = Depends(ctx.actor)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from sangkien.api.context import ApiContext, idempotency_header
 from sangkien.api.metrics import CONTENT_TYPE
-from sangkien.api.problems import ApiError, ProblemRoute
+from sangkien.api.problems import ApiError
 from sangkien.api.schemas import (
     Health,
     OutboxMessageOut,
@@ -33,7 +33,7 @@ OutboxStatus = Annotated[
 
 def outbox_router(ctx: ApiContext) -> APIRouter:
     """The outbox administration routes (admin role only)."""
-    router = APIRouter(prefix="/v1/outbox", tags=["outbox"], route_class=ProblemRoute)
+    router = APIRouter(prefix="/v1/outbox", tags=["outbox"], route_class=ctx.route_class)
     engine = ctx.engine
     admin_dep = Depends(ctx.admin)
 
@@ -84,7 +84,7 @@ def outbox_router(ctx: ApiContext) -> APIRouter:
 
 def health_router(ctx: ApiContext) -> APIRouter:
     """Liveness, readiness and Prometheus metrics (no credentials needed)."""
-    router = APIRouter(tags=["operations"], route_class=ProblemRoute)
+    router = APIRouter(tags=["operations"], route_class=ctx.route_class)
     engine = ctx.engine
 
     @router.get("/healthz", response_model=Health, summary="Liveness")

@@ -48,6 +48,7 @@ __all__ = [
     "ProblemResponse",
     "ProblemRoute",
     "problem_for",
+    "problem_route",
     "request_id_of",
 ]
 
@@ -278,14 +279,23 @@ def _domain_problem(request: Request, exc: SangkienError) -> ProblemResponse:
 
 
 class ProblemRoute(APIRoute):
-    """An APIRoute that answers every error with problem+json and tags the request id."""
+    """An APIRoute that answers every error with problem+json and tags the request id.
+
+    ``max_body`` (set by :func:`problem_route`) bounds the request body: a larger one is a
+    413 problem before any of it is parsed.
+    """
+
+    max_body: int | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        limit = self.max_body
 
         async def route_handler(request: Request) -> Response:
             rid = request_id_of(request.scope, request.headers)
             try:
+                if limit is not None and request.method in ("POST", "PUT", "PATCH"):
+                    await _read_bounded(request, limit)
                 response = await handler(request)
             except Exception as exc:
                 response = problem_for(request, exc)
@@ -293,3 +303,30 @@ class ProblemRoute(APIRoute):
             return response
 
         return route_handler
+
+
+def problem_route(max_body: int | None) -> type[ProblemRoute]:
+    """A :class:`ProblemRoute` class that refuses request bodies above *max_body* bytes."""
+    return type("ProblemRoute", (ProblemRoute,), {"max_body": max_body})
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "too-large", "Request too large", f"the request body exceeds {limit} bytes"
+    )
+
+
+async def _read_bounded(request: Request, limit: int) -> None:
+    """Read the body into the request's cache, refusing it once it exceeds *limit* bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    # Starlette's Request.body() returns this cached value to the route's own parsing
+    request._body = b"".join(chunks)

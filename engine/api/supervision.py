@@ -6,7 +6,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from sangkien.api.context import ApiContext
-from sangkien.api.problems import ProblemRoute
 from sangkien.api.schemas import CampaignStats, DeadlineOut, InstanceOut
 from sangkien.model import Actor, Instance
 
@@ -15,7 +14,7 @@ __all__ = ["supervision_router"]
 
 def supervision_router(ctx: ApiContext) -> APIRouter:
     """The deadline lists and campaign statistics of one API."""
-    router = APIRouter(prefix="/v1", route_class=ProblemRoute)
+    router = APIRouter(prefix="/v1", route_class=ctx.route_class)
     engine = ctx.engine
     actor_dep = Depends(ctx.actor)
 

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sangkien.api.context import ApiContext, idempotency_header
-from sangkien.api.problems import ApiError, ProblemRoute
+from sangkien.api.problems import ApiError
 from sangkien.api.schemas import (
     ProblemLocation,
     SourceBody,
@@ -48,11 +48,9 @@ def _versions(ctx: ApiContext) -> dict[str, list[int]]:
     return out
 
 
-async def _source(request: Request, limit: int) -> tuple[str, Any]:
+async def _source(request: Request) -> tuple[str, Any]:
     """The YAML text of the request (raw YAML, or JSON ``{"source": ...}``) and its body."""
     raw = await request.body()
-    if len(raw) > limit:
-        raise ApiError(413, "too-large", "Request too large", f"the body exceeds {limit} bytes")
     media = request.headers.get("content-type", "text/yaml").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         import json
@@ -106,9 +104,8 @@ def _report(text: str) -> tuple[ValidationReport, Definition | None]:
 
 def workflows_router(ctx: ApiContext) -> APIRouter:
     """The workflow definition routes of one API."""
-    router = APIRouter(prefix="/v1/workflows", tags=["workflows"], route_class=ProblemRoute)
+    router = APIRouter(prefix="/v1/workflows", tags=["workflows"], route_class=ctx.route_class)
     actor_dep = Depends(ctx.actor)
-    limit = ctx.settings.max_body_bytes
 
     @router.get("", response_model=list[WorkflowSummary], summary="List published workflows")
     def list_workflows(_actor: Annotated[Actor, actor_dep]) -> list[WorkflowSummary]:
@@ -168,7 +165,7 @@ def workflows_router(ctx: ApiContext) -> APIRouter:
         Send the YAML as text/yaml, or as application/json ``{"source": "..."}``. An invalid
         file is a 200 with ``valid: false``: the request itself succeeded.
         """
-        text, body = await _source(request, limit)
+        text, body = await _source(request)
 
         def run() -> tuple[int, Any]:
             return 200, _report(text)[0]
@@ -188,7 +185,7 @@ def workflows_router(ctx: ApiContext) -> APIRouter:
         idempotency_key: Annotated[str | None, idempotency_header()] = None,
     ) -> JSONResponse:
         """Publish a definition; a changed file in use must bump its `version` (409 if not)."""
-        text, body = await _source(request, limit)
+        text, body = await _source(request)
 
         def run() -> tuple[int, Any]:
             report, definition = _report(text)
