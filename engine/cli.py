@@ -898,9 +898,12 @@ def outbox_retry(
 
 
 def _attach_calendar() -> None:
+    from sangkien.api.cli import serve, token
     from sangkien.calendar_cli import calendar
 
     cli.add_command(calendar)
+    cli.add_command(serve)
+    cli.add_command(token)
 
 
 _attach_calendar()

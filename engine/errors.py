@@ -13,6 +13,7 @@ Every error the engine raises derives from :class:`SangkienError`::
     ├── IdempotencyKeyReused       an idempotency key was replayed with a different request
     ├── HistoryTampered            an instance's hash chain does not verify
     ├── StoreError                 the database refused or failed (translated driver error)
+    │   ├── StoreConflict          a concurrent writer inserted first; retrying is safe
     │   └── SchemaOutOfDate        the database needs ``sangkien db upgrade``
     ├── CalendarError, DurationError   (sangkien.calendar) bad calendar data or period text
     ├── DirectoryError             (sangkien.directory) a malformed directory file
@@ -41,6 +42,7 @@ __all__ = [
     "Problem",
     "SangkienError",
     "SchemaOutOfDate",
+    "StoreConflict",
     "StoreError",
     "TransitionNotAllowed",
     "WorkflowNotFound",
@@ -131,6 +133,10 @@ class HistoryTampered(SangkienError):
 
 class StoreError(SangkienError):
     """The database failed or refused an operation."""
+
+
+class StoreConflict(StoreError):
+    """A concurrent writer inserted the same row first; the operation can be retried."""
 
 
 class SchemaOutOfDate(StoreError):

@@ -8,6 +8,7 @@ hash-chained history event. Everything it causes commits or rolls back together.
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ from sangkien.errors import (
     InstanceNotFound,
     InvalidData,
     SangkienError,
+    StoreConflict,
     StoreError,
     TransitionNotAllowed,
     WorkflowNotFound,
@@ -162,6 +164,40 @@ class Engine:
             raise _store_error(exc) from exc
         for wf in workflows:
             self.register(wf)
+
+    @property
+    def db(self) -> sa.Engine:
+        """The SQLAlchemy engine this Engine stores into."""
+        return self._db
+
+    def ping(self) -> None:
+        """Check the database answers (raises StoreError otherwise)."""
+        with self._read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def published(self) -> builtins.list[tuple[str, int, str]]:
+        """Every (key, version, content_hash) registered in the database."""
+        d = t.definitions
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(d.c.key, d.c.version, d.c.content_hash).order_by(d.c.key, d.c.version)
+            ).all()
+        return [(r.key, r.version, r.content_hash) for r in rows]
+
+    def bind(self, connection: sa.Connection) -> Engine:
+        """This Engine working on the host's *connection* (sharing its caches).
+
+        Inside ``with host_engine.begin() as conn: engine.bind(conn).fire(...)`` the
+        transition joins the host's transaction and never commits it.
+        """
+        bound = copy.copy(self)
+        bound._conn = connection
+        bound._owns_engine = False
+        bound._scheduler = Scheduler(bound)
+        bound._runner = Runner(bound, skip_late_reminders=self._runner.skip_late_reminders)
+        bound._notifier = copy.copy(self._notifier)
+        bound._notifier.engine = bound
+        return bound
 
     @property
     def dialect(self) -> str:
@@ -597,16 +633,25 @@ class Engine:
                 )
             ).first()
             if row is None:
-                conn.execute(
-                    t.definitions.insert().values(
-                        key=key,
-                        version=version,
-                        content_hash=definition.content_hash,
-                        source=definition.source,
-                        registered_at=self.clock.now(),
-                    )
-                )
-            elif row.content_hash != definition.content_hash:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            t.definitions.insert().values(
+                                key=key,
+                                version=version,
+                                content_hash=definition.content_hash,
+                                source=definition.source,
+                                registered_at=self.clock.now(),
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    # another process published this version at the same moment
+                    row = conn.execute(
+                        sa.select(t.definitions.c.content_hash).where(
+                            t.definitions.c.key == key, t.definitions.c.version == version
+                        )
+                    ).first()
+            if row is not None and row.content_hash != definition.content_hash:
                 used = conn.execute(
                     sa.select(sa.func.count())
                     .select_from(t.instances)
@@ -1468,7 +1513,7 @@ def _store_error(exc: sa.exc.SQLAlchemyError) -> SangkienError:
     if isinstance(exc, sa.exc.IntegrityError):
         text = str(exc.orig)
         if "sk_events" in text or "instance_id, seq" in text or "sk_idempotency" in text:
-            return StoreError(f"a concurrent writer got there first; retry: {exc.orig}")
+            return StoreConflict(f"a concurrent writer got there first; retry: {exc.orig}")
     orig = getattr(exc, "orig", None) or exc
     message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     low = message.lower()

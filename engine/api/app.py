@@ -33,6 +33,7 @@ from sangkien.api.schemas import Problem
 from sangkien.api.settings import ApiSettings
 from sangkien.api.supervision import supervision_router
 from sangkien.api.workflows import workflows_router
+from sangkien.errors import StoreError
 from sangkien.runtime import Engine
 
 __all__ = ["create_app", "create_router", "register_workflows"]
@@ -84,7 +85,11 @@ def register_workflows(engine: Engine, paths: list[Path]) -> list[str]:
     for base in paths:
         files = sorted([*base.glob("*.yaml"), *base.glob("*.yml")]) if base.is_dir() else [base]
         for f in files:
-            d = engine.register(f)
+            try:
+                d = engine.register(f)
+            except StoreError:
+                # another process published the same file at the same moment: now it is there
+                d = engine.register(f)
             published.append(f"{d.key} v{d.version}")
     return published
 
@@ -107,8 +112,12 @@ def create_app(
     if engine is None:
         from sangkien.bootstrap import engine_from_settings
         from sangkien.config import Settings
+        from sangkien.logs import configure_logging
 
         settings = settings or Settings()
+        # standalone (e.g. `uvicorn --factory`): this app is the server, so it sets up logs;
+        # a host that passes its own engine keeps its logging configuration
+        configure_logging(settings.log_format, settings.log_level)
         engine = engine_from_settings(settings)
         try:
             register_workflows(engine, settings.workflow_paths())
@@ -203,8 +212,10 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             for op in path.values():
                 for code, resp in op.get("responses", {}).items():
                     content = resp.get("content")
-                    if code[:1] in ("4", "5") and content and "application/json" in content:
-                        content[PROBLEM_JSON] = content.pop("application/json")
+                    if code[:1] in ("4", "5") and content:
+                        # errors are problem+json whatever the route's own media type
+                        first = content.get("application/json") or next(iter(content.values()))
+                        resp["content"] = {PROBLEM_JSON: first}
         schemas = doc.get("components", {}).get("schemas", {})
         text = str(doc.get("paths"))
         for unused in ("HTTPValidationError", "ValidationError"):

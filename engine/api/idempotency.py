@@ -27,27 +27,15 @@ import sqlalchemy as sa
 from sangkien.api.problems import ApiError
 from sangkien.clock import Clock
 from sangkien.errors import IdempotencyKeyReused
-from sangkien.store.schema import Json, UTCDateTime
+from sangkien.store import schema as _schema
 
 __all__ = ["IDEMPOTENCY_HEADER", "IdempotencyStore", "StoredResponse", "fingerprint", "table"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
-_metadata = sa.MetaData()
-
-table = sa.Table(
-    "sk_api_idempotency",
-    _metadata,
-    sa.Column("actor_id", sa.String(128), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # running | done
-    sa.Column("status_code", sa.Integer, nullable=True),
-    sa.Column("body", Json, nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("lease_until", UTCDateTime, nullable=True),
-)
+# the table belongs to the store's schema (migration 0004); kept importable here
+table = _schema.api_idempotency
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +85,8 @@ class IdempotencyStore:
             return
         with self._lock:
             if not self._ready:
-                _metadata.create_all(self.db, tables=[table], checkfirst=True)
+                # created by migration 0004; a database migrated by an older release gets it here
+                _schema.metadata.create_all(self.db, tables=[table], checkfirst=True)
                 self._ready = True
 
     def claim(self, actor_id: str, key: str, request_hash: str) -> StoredResponse | None:

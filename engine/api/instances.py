@@ -20,7 +20,12 @@ from sangkien.api.schemas import (
     StartRequest,
     TriggerOut,
 )
-from sangkien.errors import ConcurrencyConflict, InstanceNotFound, TransitionNotAllowed
+from sangkien.errors import (
+    ConcurrencyConflict,
+    InstanceNotFound,
+    SangkienError,
+    TransitionNotAllowed,
+)
 from sangkien.model import Actor, Instance
 
 __all__ = ["instances_router"]
@@ -62,12 +67,18 @@ def instances_router(ctx: ApiContext) -> APIRouter:
     actor_dep = Depends(ctx.actor)
 
     def refused(workflow: str | None, trigger: str, instance_id: str | None = None) -> None:
-        if workflow is None and instance_id is not None:
-            try:
+        """Count a refusal; unknown trigger names share one label (they come from callers)."""
+        label = "<unknown>"
+        try:
+            if workflow is None and instance_id is not None:
                 workflow = engine.get(instance_id).workflow
-            except InstanceNotFound:
-                workflow = ""
-        metrics.refusals.labels(workflow=workflow or "", trigger=trigger).inc()
+            if workflow is not None:
+                d = engine.definition(workflow)
+                if trigger == "start" or any(t.trigger == trigger for t in d.model.transitions):
+                    label = trigger
+        except SangkienError:
+            workflow = None
+        metrics.refusals.labels(workflow=workflow or "", trigger=label).inc()
 
     @router.post(
         "",

@@ -37,6 +37,7 @@ from sangkien.errors import (
     InvalidData,
     SangkienError,
     SchemaOutOfDate,
+    StoreConflict,
     StoreError,
     TransitionNotAllowed,
     WorkflowNotFound,
@@ -256,7 +257,7 @@ def _domain_problem(request: Request, exc: SangkienError) -> ProblemResponse:
         )
     if isinstance(exc, StoreError):
         # the engine reports a lost insert race as a StoreError; the caller may simply retry
-        if "concurrent writer" in str(exc):
+        if isinstance(exc, StoreConflict):
             return problem_response(
                 request,
                 409,

@@ -32,7 +32,7 @@ _SOURCE_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "text/yaml": {"schema": {"type": "string"}},
-            "application/json": {"schema": {"$ref": "#/components/schemas/SourceBody"}},
+            "application/json": {"schema": SourceBody.model_json_schema()},
         },
     }
 }

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "api_idempotency",
     "deadlines",
     "definitions",
     "events",
@@ -249,4 +250,18 @@ outbox = Table(
         postgresql_where=text("status = 'dead'"),
         sqlite_where=text("status = 'dead'"),
     ),
+)
+
+api_idempotency = Table(
+    "sk_api_idempotency",
+    metadata,
+    Column("actor_id", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    # running | done
+    Column("status", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("body", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=True),
 )
