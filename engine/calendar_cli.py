@@ -35,8 +35,14 @@ class _Failure(click.ClickException):
 
 
 def _load(name: str, dirs: Sequence[str]) -> Calendar:
+    from sangkien.config import Settings
+
     try:
-        return load_calendar(name, dirs)
+        configured = [str(p) for p in Settings().calendar_dir_paths()]
+    except Exception:  # a bad unrelated SANGKIEN_* variable must not hide the calendar
+        configured = []
+    try:
+        return load_calendar(name, [*configured, *dirs])
     except CalendarError as exc:
         raise _Failure(_one_line(exc)) from None
 

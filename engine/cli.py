@@ -101,11 +101,9 @@ def _actor(actor_id: str | None, roles: Iterable[str], unit: str | None) -> Any:
 
 
 def _engine(settings: Any, *, migrate: bool | None = None) -> Any:
-    from sangkien.runtime import Engine
+    from sangkien.bootstrap import engine_from_settings
 
-    return Engine(
-        settings.database_url, migrate=migrate, calendar_dirs=settings.calendar_dir_paths()
-    )
+    return engine_from_settings(settings, migrate=migrate)
 
 
 def _data(data: str | None, data_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
@@ -591,17 +589,24 @@ def worker(
     interval: float, batch: int, once: bool, database_url: str | None, workflows: tuple[str, ...]
 ) -> None:
     """Run the deadline runner: reminders, overdue notices, escalations (Ctrl-C stops)."""
+    from sangkien.bootstrap import dispatcher_from_settings
     from sangkien.worker import Worker
 
     s = _settings(database_url, workflows)
     engine = _engine(s)
     try:
-        w = Worker(engine, interval=interval, batch=batch)
+        dispatcher = dispatcher_from_settings(engine, s)
+        w = Worker(engine, interval=interval, batch=batch, dispatcher=dispatcher)
         if once:
             result = engine.tick(limit=batch)
+            sent = dispatcher.run(limit=batch)
             click.echo(
                 f"fired {result.fired}, skipped {result.skipped}, "
                 f"cancelled {result.cancelled}, retried {result.retried}"
+            )
+            click.echo(
+                f"delivered {sent.delivered}, retried {sent.retried}, dead {sent.dead}",
+                err=True,
             )
             return
         click.echo(

@@ -413,54 +413,61 @@ class Scheduler:
         scope: Mapping[str, Any],
     ) -> None:
         """A recorded action changed a date an `at:`/`from:` deadline reads: move the due."""
-        spec = definition.model.states[inst.state].deadline
-        source = (spec.at or spec.from_) if spec is not None else None
-        if spec is None or source is None:
-            return
-        refs = {r.name for r in definition.expression(source).field_refs if not r.parent}
-        if not refs & set(changed):
-            return
-        row = conn.execute(
-            sa.select(t.deadlines).where(
-                t.deadlines.c.instance_id == inst.id,
-                t.deadlines.c.kind == "state",
-                t.deadlines.c.status == "active",
-            )
-        ).first()
-        if row is None:
-            return
-        cal = self.engine.calendar(definition.model.calendar)
-        moment = self._evaluate(definition, source, scope)
-        if moment is None:
-            return
-        anchor: datetime | None
-        if spec.at is not None:
-            anchor = None
-            base = cal.end_of_day(moment) if not isinstance(moment, datetime) else moment
-        else:
-            anchor = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
-            base = self._base_due(cal, anchor, spec.after, None)
-        exact = parse_duration(row.period).exact if row.period else False
-        due = self._apply_shifts(cal, base, row.shifts, exact=exact)
-        if due != row.due_at:
-            self.reschedule(
-                conn,
-                row,
-                definition,
-                due,
-                now,
-                base_due_at=base,
-                anchor_at=anchor,
-                escalations_done=0,
-            )
-            log.info(
-                "deadline.moved",
-                instance_id=inst.id,
-                deadline=f"state:{inst.state}",
-                old_due=row.due_at.isoformat(),
-                new_due=due.isoformat(),
-                reason="data",
-            )
+        wf = definition.model
+        specs: list[tuple[str, str, DeadlineSpec]] = []
+        state_spec = wf.states[inst.state].deadline
+        if state_spec is not None:
+            specs.append(("state", inst.state, state_spec))
+        specs.extend(("clock", name, clock) for name, clock in wf.clocks.items())
+        for kind, name, spec in specs:
+            source = spec.at or spec.from_
+            if source is None:
+                continue
+            refs = {r.name for r in definition.expression(source).field_refs if not r.parent}
+            if not refs & set(changed):
+                continue
+            row = conn.execute(
+                sa.select(t.deadlines).where(
+                    t.deadlines.c.instance_id == inst.id,
+                    t.deadlines.c.kind == kind,
+                    t.deadlines.c.name == name,
+                    t.deadlines.c.status.in_(("active", "paused")),
+                )
+            ).first()
+            if row is None:
+                continue
+            cal = self.engine.calendar(wf.calendar)
+            moment = self._evaluate(definition, source, scope)
+            if moment is None:
+                continue
+            anchor: datetime | None
+            if spec.at is not None:
+                anchor = None
+                base = cal.end_of_day(moment) if not isinstance(moment, datetime) else moment
+            else:
+                anchor = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
+                base = self._base_due(cal, anchor, spec.after, None)
+            exact = parse_duration(row.period).exact if row.period else False
+            due = self._apply_shifts(cal, base, row.shifts, exact=exact)
+            if due != row.due_at:
+                self.reschedule(
+                    conn,
+                    row,
+                    definition,
+                    due,
+                    now,
+                    base_due_at=base,
+                    anchor_at=anchor,
+                    escalations_done=0,
+                )
+                log.info(
+                    "deadline.moved",
+                    instance_id=inst.id,
+                    deadline=f"{kind}:{name}",
+                    old_due=row.due_at.isoformat(),
+                    new_due=due.isoformat(),
+                    reason="data",
+                )
 
     def _clocks(
         self,

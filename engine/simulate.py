@@ -65,8 +65,24 @@ class TimelineEntry:
         }
 
 
-def _fail(doc: Located, path: tuple[Any, ...], message: str) -> ScenarioError:
-    line, col = doc.position(path)
+_STEP_KEYS = (
+    "at",
+    "after",
+    "start",
+    "fire",
+    "extend",
+    "on",
+    "as",
+    "actor",
+    "unit",
+    "parent",
+    "data",
+    "comment",
+)
+
+
+def _fail(doc: Located, path: tuple[Any, ...], message: str, *, key: bool = False) -> ScenarioError:
+    line, col = doc.position(path, key=key)
     return ScenarioError(f"{doc.file}:{line}:{col}: {message}")
 
 
@@ -101,13 +117,15 @@ def simulate(
     spec = doc.data
     if not isinstance(spec, dict):
         raise _fail(doc, (), "a scenario is a mapping with 'start' and 'steps'")
-    unknown = set(spec) - {"workflows", "start", "until", "units", "actors", "steps", "calendar"}
+    allowed = ("workflows", "start", "until", "units", "actors", "steps", "calendar")
+    unknown = set(spec) - set(allowed)
     if unknown:
         key = sorted(unknown)[0]
         raise _fail(
             doc,
             (key,),
-            f"unknown key {key!r} (allowed: workflows, start, until, units, actors, steps)",
+            f"unknown key {key!r} (allowed: {', '.join(allowed)})",
+            key=True,
         )
     base = path.parent
     files = [base / str(f) for f in spec.get("workflows") or []]
@@ -222,6 +240,14 @@ class _Run:
         self.clock.set(max(target, self.clock.now()))
 
     def _step(self, path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        for k in step:
+            if k not in _STEP_KEYS:
+                raise _fail(
+                    self.doc,
+                    (*path, k),
+                    f"unknown step key {k!r} (allowed: {', '.join(_STEP_KEYS)})",
+                    key=True,
+                )
         actor_name = step.get("actor")
         if actor_name is None:
             actor = Actor.system("system:scenario")

@@ -333,6 +333,12 @@ class _Checker:
                 where = (*path, j) if isinstance(item, str) else (*path, j, "to", k)
                 if who in ("author", "actor", "starter") or who in self.roles:
                     continue
+                if who.endswith("@parent"):
+                    role = who[: -len("@parent")]
+                    if role in self.roles:
+                        continue
+                    self.error(where, f"unknown role {role!r} in {who!r}" + _hint(role, self.roles))
+                    continue
                 if "@" in who or ":" in who:
                     continue  # a literal address (email, URL, channel-specific id)
                 self.error(
