@@ -200,7 +200,8 @@ class CompiledExpression:
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """Run the program; raises ``ExpressionError`` if evaluation fails."""
         try:
-            return self._program.execute(scope)
+            # hand CEL only the variables this expression reads: converting the rest costs
+            return self._program.execute({k: scope[k] for k in self.names if k in scope})
         except KeyError as exc:
             raise ExpressionError(f"no value for {exc.args[0]!r}") from None
         except Exception as exc:  # the bindings raise RuntimeError/TypeError/ValueError

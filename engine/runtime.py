@@ -55,6 +55,7 @@ from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine, ensure_schema
+from sangkien.store.fast import HotPath
 from sangkien.units import FlatUnits, UnitTree
 
 __all__ = ["Engine", "new_id"]
@@ -150,6 +151,7 @@ class Engine:
             self._db = database.engine
         else:
             self._db = database
+        self._hot = HotPath(self._db.dialect.name)
         self.clock: Clock = clock or SystemClock()
         self.units: UnitTree = units or directory or FlatUnits()
         self._defs: dict[tuple[str, int], Definition] = {}
@@ -590,6 +592,16 @@ class Engine:
                     yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise _store_error(exc) from exc
+        except self._dbapi_errors as exc:  # the hot path talks to the driver directly
+            wrapped = sa.exc.DBAPIError.instance(None, None, exc, self._dbapi_errors)
+            raise _store_error(wrapped) from exc
+
+    @property
+    def _dbapi_errors(self) -> type[BaseException]:
+        dbapi = self._db.dialect.dbapi
+        if dbapi is None:  # pragma: no cover - every dialect we support has a driver
+            return sa.exc.SQLAlchemyError
+        return dbapi.Error  # type: ignore[no-any-return]
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -1042,11 +1054,10 @@ class Engine:
                 replay = self._replay(conn, actor, idempotency_key, request)
                 if replay is not None:
                     return replay
-            row = conn.execute(
-                sa.select(t.instances).where(t.instances.c.id == instance_id)
-            ).first()
-            if row is None or not self._visible(actor, row.unit):
+            found = self._hot.load(conn, instance_id)
+            if found is None or not self._visible(actor, found["unit"]):
                 raise InstanceNotFound(instance_id)
+            row = _Row(**found)
             if expected_version is not None and row.version != expected_version:
                 raise ConcurrencyConflict(instance_id, expected_version, row.state)
             now = self.clock.now()
@@ -1177,44 +1188,42 @@ class Engine:
         )
         entered_at = now if entered else row.state_entered_at
         entered_seq = seq if entered else row.entered_seq
-        result = conn.execute(
-            t.instances.update()
-            .where(t.instances.c.id == row.id, t.instances.c.version == row.version)
-            .values(
-                state=to_state,
-                state_entered_at=entered_at,
-                data=dict(data),
-                version=row.version + 1,
-                last_seq=seq,
-                last_hash=h,
-                updated_at=now,
-                entered_seq=entered_seq,
-            )
+        written = self._hot.write(
+            conn,
+            instance={
+                "id": row.id,
+                "state": to_state,
+                "entered": entered_at,
+                "data": data,
+                "version": row.version,
+                "seq": seq,
+                "hash": h,
+                "now": now,
+                "entered_seq": entered_seq,
+            },
+            event={
+                "instance_id": row.id,
+                "seq": seq,
+                "kind": kind,
+                "trigger": trigger,
+                "from_state": row.state,
+                "to_state": to_state,
+                "actor_id": actor.id,
+                "actor_roles": roles_list,
+                "actor_unit": actor.unit,
+                "at": now,
+                "data_delta": delta,
+                "comment": comment,
+                "detail": detail,
+                "prev_hash": row.last_hash,
+                "hash": h,
+            },
         )
-        if result.rowcount != 1:
+        if written != 1:
             current = conn.execute(
                 sa.select(t.instances.c.state).where(t.instances.c.id == row.id)
             ).scalar()
             raise ConcurrencyConflict(row.id, row.version, current)
-        conn.execute(
-            t.events.insert().values(
-                instance_id=row.id,
-                seq=seq,
-                kind=kind,
-                trigger=trigger,
-                from_state=row.state,
-                to_state=to_state,
-                actor_id=actor.id,
-                actor_roles=roles_list,
-                actor_unit=actor.unit,
-                at=now,
-                data_delta=dict(delta),
-                comment=comment,
-                detail=dict(detail) if detail is not None else None,
-                prev_hash=row.last_hash,
-                hash=h,
-            )
-        )
         new = _Row(
             id=row.id,
             workflow=row.workflow,

@@ -44,7 +44,10 @@ def create_db_engine(url: str, **kwargs: Any) -> sa.Engine:
         def _on_begin(conn: sa.Connection) -> None:
             # reads (marked by the engine) take no write lock; writes queue for it up front
             deferred = conn.get_execution_options().get("sangkien_read_only", False)
-            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+            # straight to the driver: this runs once per transaction, on the hot path
+            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                "BEGIN" if deferred else "BEGIN IMMEDIATE"
+            )
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

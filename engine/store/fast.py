@@ -1,0 +1,192 @@
+"""The transition hot path in plain driver SQL.
+
+``Engine.fire`` runs three statements per transition: read the instance, write it under its
+version lock, append the history event. Built through SQLAlchemy Core each costs more in
+statement construction and cache-key hashing than the database spends executing it, so these
+three go straight to the DBAPI cursor of the SQLAlchemy connection — same connection, same
+transaction, the schema still owned by the models and Alembic (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = ["HotPath"]
+
+_INSTANCE_COLUMNS = (
+    "id",
+    "workflow",
+    "workflow_version",
+    "state",
+    "state_entered_at",
+    "data",
+    "unit",
+    "parent_id",
+    "external_ref",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "version",
+    "last_seq",
+    "last_hash",
+    "entered_seq",
+)
+_EVENT_COLUMNS = (
+    "instance_id",
+    "seq",
+    "kind",
+    "trigger",
+    "from_state",
+    "to_state",
+    "actor_id",
+    "actor_roles",
+    "actor_unit",
+    "at",
+    "data_delta",
+    "comment",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+
+
+def _sqlite_dt_out(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+
+
+def _sqlite_dt_in(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _sqlite_json_in(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _pg_dt_in(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class HotPath:
+    """Driver-level SQL for the three statements of a transition, per dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        cols = ", ".join(_INSTANCE_COLUMNS)
+        ev_cols = ", ".join(_EVENT_COLUMNS)
+        if dialect == "sqlite":
+            self._p: Callable[[str], str] = lambda name: "?"
+            self.dt_out: Callable[[datetime], Any] = _sqlite_dt_out
+            self.dt_in: Callable[[Any], datetime] = _sqlite_dt_in
+            self.json_out: Callable[[Any], Any] = lambda v: json.dumps(v, ensure_ascii=False)
+            self.json_in: Callable[[Any], Any] = _sqlite_json_in
+            self.positional = True
+        else:
+            from psycopg.types.json import Jsonb
+
+            self._p = lambda name: f"%({name})s"
+            self.dt_out = _identity
+            self.dt_in = _pg_dt_in
+            self.json_out = Jsonb
+            self.json_in = _identity
+            self.positional = False
+        p = self._p
+        self.select_sql = f"SELECT {cols} FROM sk_instances WHERE id = {p('id')}"  # noqa: S608
+        self.update_sql = (  # noqa: S608 - column names are constants, values are bound
+            "UPDATE sk_instances SET state = {s}, state_entered_at = {e}, data = {d}, "
+            "version = {nv}, last_seq = {q}, last_hash = {h}, updated_at = {u}, "
+            "entered_seq = {es} WHERE id = {i} AND version = {v}"
+        ).format(
+            s=p("state"),
+            e=p("entered"),
+            d=p("data"),
+            nv=p("new_version"),
+            q=p("seq"),
+            h=p("hash"),
+            u=p("now"),
+            es=p("entered_seq"),
+            i=p("id"),
+            v=p("version"),
+        )
+        self.insert_sql = (
+            f"INSERT INTO sk_events ({ev_cols}) VALUES "  # noqa: S608
+            f"({', '.join(p(c) for c in _EVENT_COLUMNS)})"
+        )
+        self._update_order = (
+            "state",
+            "entered",
+            "data",
+            "new_version",
+            "seq",
+            "hash",
+            "now",
+            "entered_seq",
+            "id",
+            "version",
+        )
+
+    def _params(self, order: tuple[str, ...], values: Mapping[str, Any]) -> Any:
+        if self.positional:
+            return tuple(values[k] for k in order)
+        return values
+
+    @staticmethod
+    def cursor(conn: sa.Connection) -> Any:
+        return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def load(self, conn: sa.Connection, instance_id: str) -> dict[str, Any] | None:
+        """The instance row as a dict of Python values, or None."""
+        cur = self.cursor(conn)
+        try:
+            cur.execute(self.select_sql, (instance_id,) if self.positional else {"id": instance_id})
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        if row is None:
+            return None
+        out = dict(zip(_INSTANCE_COLUMNS, row, strict=True))
+        for k in ("state_entered_at", "created_at", "updated_at"):
+            out[k] = self.dt_in(out[k])
+        out["data"] = self.json_in(out["data"])
+        return out
+
+    def write(
+        self, conn: sa.Connection, *, instance: Mapping[str, Any], event: Mapping[str, Any]
+    ) -> int:
+        """UPDATE the instance under its version lock and INSERT the event; return rowcount."""
+        values = {
+            "state": instance["state"],
+            "entered": self.dt_out(instance["entered"]),
+            "data": self.json_out(instance["data"]),
+            "new_version": instance["version"] + 1,
+            "seq": instance["seq"],
+            "hash": instance["hash"],
+            "now": self.dt_out(instance["now"]),
+            "entered_seq": instance["entered_seq"],
+            "id": instance["id"],
+            "version": instance["version"],
+        }
+        cur = self.cursor(conn)
+        try:
+            cur.execute(self.update_sql, self._params(self._update_order, values))
+            if cur.rowcount != 1:
+                return int(cur.rowcount)
+            ev = dict(event)
+            ev["actor_roles"] = self.json_out(list(ev["actor_roles"]))
+            ev["at"] = self.dt_out(ev["at"])
+            ev["data_delta"] = self.json_out(dict(ev["data_delta"]))
+            ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
+            cur.execute(self.insert_sql, self._params(_EVENT_COLUMNS, ev))
+            return 1
+        finally:
+            cur.close()
