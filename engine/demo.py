@@ -17,14 +17,14 @@ import structlog
 
 from sangkien.clock import FrozenClock
 from sangkien.config import shipped_workflows_dir
+from sangkien.directory import load_directory
 from sangkien.errors import TransitionNotAllowed
 from sangkien.model import Actor, Instance
 from sangkien.runtime import Engine
-from sangkien.units import StaticUnitTree
+from sangkien.templates import TemplateStore, shipped_templates_dir
 
 __all__ = ["run_demo"]
 
-PROVINCE = "tinh-quang-ngai"
 COMMUNE = "xa-nghia-hanh"
 
 OFFICER = Actor("le.thi.hoa", ["emulation_officer"], COMMUNE)
@@ -120,10 +120,18 @@ def run_demo(
         if keep and path.exists():
             path.unlink()
         clock = FrozenClock(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
-        units = StaticUnitTree({PROVINCE: None, COMMUNE: PROVINCE})
         workflows = sorted(shipped_workflows_dir().glob("*.yaml"))
+        directory = load_directory()
+        templates = TemplateStore([shipped_templates_dir()])
         engine = Engine(
-            f"sqlite:///{path}", workflows=workflows, clock=clock, units=units, lang=lang
+            f"sqlite:///{path}",
+            workflows=workflows,
+            clock=clock,
+            units=directory,
+            lang=lang,
+            directory=directory,
+            templates=templates,
+            channels=["log"],
         )
         try:
             result = _story(_Demo(engine, clock, lang, echo))
@@ -136,6 +144,14 @@ def run_demo(
             echo(
                 f"History hash chains: {'intact' if not breaks else f'{len(breaks)} broken'}"
                 f" ({sum(len(v) for v in result.values())} states recorded)"
+            )
+            from sangkien.outbox import counts
+
+            queued = counts(engine)
+            echo(
+                "Messages written to the outbox: "
+                + (", ".join(f"{n} {status}" for status, n in sorted(queued.items())) or "none")
+                + " (delivered by `sangkien worker`)"
             )
             if keep:
                 echo(f"Database kept at {path}")
