@@ -102,13 +102,17 @@ def _candidates(extra: Iterable[NotificationAdapter]) -> dict[str, _Candidate]:
     for ep in _discovered():
         claim(_Candidate(ep.name, _entry_point_source(ep), entry_point=ep))
     for adapter in extra:
-        name = getattr(adapter, "name", None)
-        if not isinstance(name, str) or not name or not isinstance(adapter, NotificationAdapter):
+        extra_name = getattr(adapter, "name", None)
+        if (
+            not isinstance(extra_name, str)
+            or not extra_name
+            or not isinstance(adapter, NotificationAdapter)
+        ):
             raise AdapterConfigError(
                 f"{adapter!r} passed in extra is not a NotificationAdapter "
                 "(it needs a non-empty `name` and a `send(message)` method)"
             )
-        claim(_Candidate(name, f"{type(adapter).__name__} passed in extra", instance=adapter))
+        claim(_Candidate(extra_name, f"{type(adapter).__name__} passed in extra", instance=adapter))
     return claimed
 
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -77,6 +78,16 @@ def _fill_open(conn: sa.Connection, dialect: str, n: int) -> None:
         ), {"n": n, "d": did, "far": ts})
 
 
+def _drop_all(db: sa.Engine, dialect: str) -> None:
+    """Drop every table of the scratch database (each round starts from an empty store)."""
+    with db.begin() as conn:
+        if dialect == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        for table in sa.inspect(conn).get_table_names():
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"'
+                                 + (" CASCADE" if dialect == "postgresql" else ""))
+
+
 def _due_batch(engine: Engine, clock: FrozenClock, count: int) -> None:
     """Start *count* instances whose reminder falls due at NOW + 9 days."""
     clock.set(NOW)
@@ -90,13 +101,12 @@ def run(url: str, dialect: str, sizes: list[int], due: int, rounds: int) -> list
     for n in sizes:
         times = []
         for _ in range(rounds):
+            if dialect == "sqlite":  # a fresh file each round
+                path = Path(str(sa.engine.make_url(url).database))
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
             db = create_db_engine(url)
-            with db.begin() as conn:
-                for table in ("sk_timers", "sk_deadlines", "sk_events", "sk_idempotency",
-                              "sk_instances", "sk_definitions"):
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}"
-                                         + (" CASCADE" if dialect == "postgresql" else ""))
-                conn.exec_driver_sql("DROP TABLE IF EXISTS sk_alembic_version")
+            _drop_all(db, dialect)
             upgrade(db)
             with db.begin() as conn:
                 _fill_open(conn, dialect, n - due)
@@ -119,6 +129,36 @@ def run(url: str, dialect: str, sizes: list[int], due: int, rounds: int) -> list
         out.append({"open": n, "due": due, "median_s": statistics.median(times),
                     "min_s": min(times), "max_s": max(times)})
     return out
+
+
+def section(urls: dict[str, str], *, quick: bool = False) -> Any:
+    """The tick benchmark as a results section for ``bench/run.py`` (target: 1M ≤ 1.5× 10k)."""
+    from common import Section
+
+    sizes, rounds = ([2_000, 20_000], 1) if quick else ([10_000, 100_000, 1_000_000], 3)
+    due = 200 if quick else 1_000
+    sec = Section(
+        "Deadline tick",
+        f"One `Engine.tick()` firing {due:,} due reminders (each a hash-chained history event) "
+        f"among N open timers (median of {rounds} rounds, each on a freshly built population), "
+        f"and the ratio to the smallest population.",
+    )
+    rows = []
+    for backend, url in urls.items():
+        dialect = sa.engine.make_url(url).get_backend_name()
+        res = run(url, dialect, sizes, due, rounds)
+        sec.data[backend] = res
+        base = res[0]["median_s"]
+        for r in res:
+            rows.append([backend, f"{int(r['open']):,}", f"{int(r['due']):,}",
+                         f"{r['median_s']:.3f}", f"{r['min_s']:.3f}–{r['max_s']:.3f}",
+                         f"{r['median_s'] / base:.2f}"])
+        ratio = res[-1]["median_s"] / base
+        sec.target(f"tick at {sizes[-1]:,} vs {sizes[0]:,} open timers, {backend}", "≤ 1.5×",
+                   f"{ratio:.2f}×", ratio <= 1.5, f"{(1.5 / ratio - 1) * 100:+.0f} % vs goal")
+    sec.table(["backend", "open timers", "due", "tick median (s)", "min–max (s)",
+               f"ratio to {sizes[0]:,}"], rows)
+    return sec
 
 
 def main() -> None:

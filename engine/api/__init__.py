@@ -20,9 +20,15 @@ if TYPE_CHECKING:
     from sangkien.api.tokens import DEMO_SECRET, make_token
 
 _WHERE = {
-    "create_app": "app", "create_router": "app", "register_workflows": "app",
-    "hash_api_key": "auth", "ApiContext": "context", "RequestContextMiddleware": "middleware",
-    "ApiError": "problems", "ApiSettings": "settings", "DEMO_SECRET": "tokens",
+    "create_app": "app",
+    "create_router": "app",
+    "register_workflows": "app",
+    "hash_api_key": "auth",
+    "ApiContext": "context",
+    "RequestContextMiddleware": "middleware",
+    "ApiError": "problems",
+    "ApiSettings": "settings",
+    "DEMO_SECRET": "tokens",
     "make_token": "tokens",
 }
 
