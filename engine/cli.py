@@ -5,10 +5,11 @@ Exit status: 0 success, 1 refused or invalid (one line on stderr saying why), 2 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -104,6 +105,16 @@ def _engine(settings: Any, *, migrate: bool | None = None) -> Any:
     from sangkien.bootstrap import engine_from_settings
 
     return engine_from_settings(settings, migrate=migrate)
+
+
+@contextlib.contextmanager
+def _opened(database_url: str | None, workflows: tuple[str, ...]) -> Iterator[Any]:
+    """An Engine from the settings (and options), closed on the way out."""
+    engine = _engine(_settings(database_url, workflows))
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def _data(data: str | None, data_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
@@ -316,13 +327,10 @@ def publish(files: tuple[str, ...], database_url: str | None, workflows: tuple[s
     """Register workflow FILES so instances can start on them."""
     from sangkien.definition import load_definition
 
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         for f in files:
             d = engine.register(load_definition(f))
             click.echo(f"{d.key} v{d.version} {d.content_hash[:12]} published")
-    finally:
-        engine.close()
 
 
 @cli.command()
@@ -473,11 +481,8 @@ def triggers(
     workflows: tuple[str, ...],
 ) -> None:
     """List the triggers the actor may fire now, with the reason for each refused one."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         options = engine.available(instance_id, actor=_actor(actor_id, roles, unit))
-    finally:
-        engine.close()
     if as_json:
         click.echo(json.dumps([o.to_dict() for o in options], ensure_ascii=False, indent=2))
         return
@@ -494,11 +499,8 @@ def history(
     instance_id: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
 ) -> None:
     """Print an instance's history, oldest first."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         events = engine.history(instance_id)
-    finally:
-        engine.close()
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in events], ensure_ascii=False, indent=2))
         return
@@ -532,13 +534,10 @@ def list_(
     workflows: tuple[str, ...],
 ) -> None:
     """List instances."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         items = engine.list(
             workflow=workflow, state=state, unit=unit, parent=parent, after=after, limit=limit
         )
-    finally:
-        engine.close()
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], ensure_ascii=False, indent=2))
         return
@@ -552,11 +551,8 @@ def list_(
 @db_options
 def verify(instance_id: str | None, database_url: str | None, workflows: tuple[str, ...]) -> None:
     """Verify the hash chains of the history (one instance or all); exit 1 on tampering."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         breaks = engine.verify(instance_id)
-    finally:
-        engine.close()
     for b in breaks:
         click.echo(str(b))
     if breaks:
@@ -656,11 +652,8 @@ def overdue(
     workflows: tuple[str, ...],
 ) -> None:
     """List what is overdue: how late, and the current escalation step."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         items = engine.overdue(unit=unit, workflow=workflow)
-    finally:
-        engine.close()
     _deadline_table(items, as_json, "nothing is overdue")
 
 
@@ -679,11 +672,8 @@ def due_soon(
     workflows: tuple[str, ...],
 ) -> None:
     """List deadlines falling due within a period."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         items = engine.due_soon(within, unit=unit, workflow=workflow)
-    finally:
-        engine.close()
     _deadline_table(items, as_json, f"nothing falls due within {within}")
 
 
@@ -695,11 +685,8 @@ def deadlines(
     instance_id: str, as_json: bool, database_url: str | None, workflows: tuple[str, ...]
 ) -> None:
     """Show an instance's open deadlines."""
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         items = engine.deadlines(instance_id)
-    finally:
-        engine.close()
     _deadline_table(items, as_json, "no open deadline")
 
 
@@ -829,12 +816,9 @@ def outbox_list(
     """List messages, newest first (with counts per status)."""
     from sangkien.outbox import counts, list_messages
 
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         items = list_messages(engine, status=status, instance_id=instance_id, limit=limit)
         totals = counts(engine)
-    finally:
-        engine.close()
     if as_json:
         click.echo(
             json.dumps(
@@ -863,11 +847,8 @@ def outbox_show(
     """Show one message with its body or payload."""
     from sangkien.outbox import get_message
 
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         m = get_message(engine, message_id)
-    finally:
-        engine.close()
     if as_json:
         click.echo(json.dumps(m.to_dict(full=True), ensure_ascii=False, indent=2))
         return
@@ -894,11 +875,8 @@ def outbox_retry(
 
     if not (message_ids or instance_id or all_dead):
         raise click.UsageError("give MESSAGE_IDS, --instance or --all-dead")
-    engine = _engine(_settings(database_url, workflows))
-    try:
+    with _opened(database_url, workflows) as engine:
         n = retry_dead(engine, ids=message_ids, instance_id=instance_id, all_dead=all_dead)
-    finally:
-        engine.close()
     click.echo(f"{n} message(s) queued again")
 
 

@@ -42,7 +42,14 @@ if TYPE_CHECKING:
     from sangkien.definition import Definition
     from sangkien.runtime import Engine
 
-__all__ = ["DispatchResult", "Dispatcher", "Notifier", "OutboxMessage", "event_type"]
+__all__ = [
+    "DispatchResult",
+    "Dispatcher",
+    "MessageNotFound",
+    "Notifier",
+    "OutboxMessage",
+    "event_type",
+]
 
 log = structlog.get_logger("sangkien")
 
@@ -71,6 +78,17 @@ DEFAULT_TEMPLATES = {
 def event_type(kind: str) -> str:
     """The public, versioned type name of a history event kind."""
     return EVENT_TYPES.get(kind, f"event.{kind}")
+
+
+class MessageNotFound(InstanceNotFound):
+    """No outbox message with that id (a 'not found' like a missing instance)."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.args = (f"message {message_id!r} not found in the outbox",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -731,7 +749,7 @@ def get_message(engine: Engine, message_id: str) -> OutboxMessage:
     with engine._read() as conn:
         row = conn.execute(sa.select(t.outbox).where(t.outbox.c.id == message_id)).first()
     if row is None:
-        raise InstanceNotFound(message_id)
+        raise MessageNotFound(message_id)
     return _message(row)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -876,59 +877,21 @@ class Engine:
             if reasons:
                 raise TransitionNotAllowed(None, "start", reasons)
             state = definition.initial_state
-            roles_list = sorted(actor.roles)
-            h = event_hash(
-                prev_hash=GENESIS,
-                instance_id=iid,
-                seq=1,
-                kind="started",
-                trigger=None,
-                from_state=None,
-                to_state=state,
-                actor_id=actor.id,
-                actor_roles=roles_list,
-                actor_unit=actor.unit,
-                at=now,
-                data_delta=values,
-                comment=comment,
-            )
-            conn.execute(
-                t.instances.insert().values(
-                    id=iid,
-                    workflow=workflow,
-                    workflow_version=definition.version,
-                    state=state,
-                    state_entered_at=now,
-                    data=values,
-                    unit=unit,
-                    parent_id=parent,
-                    external_ref=external_ref,
-                    created_by=actor.id,
-                    created_at=now,
-                    updated_at=now,
-                    version=1,
-                    last_seq=1,
-                    last_hash=h,
-                )
-            )
-            conn.execute(
-                t.events.insert().values(
-                    instance_id=iid,
-                    seq=1,
-                    kind="started",
-                    trigger=None,
-                    from_state=None,
-                    to_state=state,
-                    actor_id=actor.id,
-                    actor_roles=roles_list,
-                    actor_unit=actor.unit,
-                    at=now,
-                    data_delta=values,
-                    comment=comment,
-                    prev_hash=GENESIS,
-                    hash=h,
-                )
-            )
+            event = {
+                "instance_id": iid,
+                "seq": 1,
+                "kind": "started",
+                "trigger": None,
+                "from_state": None,
+                "to_state": state,
+                "actor_id": actor.id,
+                "actor_roles": sorted(actor.roles),
+                "actor_unit": actor.unit,
+                "at": now,
+                "data_delta": values,
+                "comment": comment,
+            }
+            h = event_hash(prev_hash=GENESIS, **event)
             new_row = _Row(
                 id=iid,
                 workflow=workflow,
@@ -947,21 +910,9 @@ class Engine:
                 last_hash=h,
                 entered_seq=1,
             )
-            start_event = {
-                "seq": 1,
-                "kind": "started",
-                "trigger": None,
-                "from_state": None,
-                "to_state": state,
-                "actor_id": actor.id,
-                "actor_roles": roles_list,
-                "actor_unit": actor.unit,
-                "at": now,
-                "comment": comment,
-                "data_delta": values,
-                "detail": {},
-                "hash": h,
-            }
+            conn.execute(t.instances.insert().values(**dataclasses.asdict(new_row)))
+            conn.execute(t.events.insert().values(**event, prev_hash=GENESIS, hash=h))
+            start_event = {**event, "detail": {}, "hash": h}
             self._notifier.on_event(conn, new_row, start_event, now)
             self._notifier.notify(
                 conn,
@@ -993,21 +944,7 @@ class Engine:
                         self.lang,
                     ).build(),
                 )
-            instance = Instance(
-                iid,
-                workflow,
-                definition.version,
-                state,
-                now,
-                values,
-                unit,
-                parent,
-                external_ref,
-                actor.id,
-                now,
-                now,
-                1,
-            )
+            instance = _instance(new_row)
             if idempotency_key:
                 self._remember(conn, actor, idempotency_key, request, instance, now)
         log.info(
@@ -1169,23 +1106,22 @@ class Engine:
     ) -> _Row:
         """Append one hash-chained event and write the instance under its version lock."""
         seq = row.last_seq + 1
-        roles_list = sorted(actor.roles)
-        h = event_hash(
-            prev_hash=row.last_hash,
-            instance_id=row.id,
-            seq=seq,
-            kind=kind,
-            trigger=trigger,
-            from_state=row.state,
-            to_state=to_state,
-            actor_id=actor.id,
-            actor_roles=roles_list,
-            actor_unit=actor.unit,
-            at=now,
-            data_delta=delta,
-            comment=comment,
-            detail=detail,
-        )
+        event = {
+            "instance_id": row.id,
+            "seq": seq,
+            "kind": kind,
+            "trigger": trigger,
+            "from_state": row.state,
+            "to_state": to_state,
+            "actor_id": actor.id,
+            "actor_roles": sorted(actor.roles),
+            "actor_unit": actor.unit,
+            "at": now,
+            "data_delta": delta,
+            "comment": comment,
+            "detail": detail,
+        }
+        h = event_hash(prev_hash=row.last_hash, **event)
         entered_at = now if entered else row.state_entered_at
         entered_seq = seq if entered else row.entered_seq
         written = self._hot.write(
@@ -1201,23 +1137,7 @@ class Engine:
                 "now": now,
                 "entered_seq": entered_seq,
             },
-            event={
-                "instance_id": row.id,
-                "seq": seq,
-                "kind": kind,
-                "trigger": trigger,
-                "from_state": row.state,
-                "to_state": to_state,
-                "actor_id": actor.id,
-                "actor_roles": roles_list,
-                "actor_unit": actor.unit,
-                "at": now,
-                "data_delta": delta,
-                "comment": comment,
-                "detail": detail,
-                "prev_hash": row.last_hash,
-                "hash": h,
-            },
+            event={**event, "prev_hash": row.last_hash, "hash": h},
         )
         if written != 1:
             current = conn.execute(
@@ -1244,24 +1164,7 @@ class Engine:
         )
         if self._notifier.subscribers:
             self._notifier.on_event(
-                conn,
-                new,
-                {
-                    "seq": seq,
-                    "kind": kind,
-                    "trigger": trigger,
-                    "from_state": row.state,
-                    "to_state": to_state,
-                    "actor_id": actor.id,
-                    "actor_roles": roles_list,
-                    "actor_unit": actor.unit,
-                    "at": now,
-                    "comment": comment,
-                    "data_delta": dict(delta),
-                    "detail": dict(detail or {}),
-                    "hash": h,
-                },
-                now,
+                conn, new, {**event, "detail": dict(detail or {}), "hash": h}, now
             )
         return new
 

@@ -1,4 +1,4 @@
-"""Background loops: the deadline runner (and, later, the outbox dispatcher).
+"""Background loops: the deadline runner and the outbox dispatcher.
 
 APScheduler only wakes the loops; the truth is in the database, so a worker that was down
 catches up on everything that fell due, in order, when it starts again.
@@ -51,6 +51,24 @@ class Worker:
             )
         return result
 
+    def dispatch(self) -> Any:
+        """One pass of the outbox dispatcher; errors are logged and retried next time."""
+        if self.dispatcher is None:
+            return None
+        try:
+            result = self.dispatcher.run(limit=self.batch)
+        except Exception as exc:  # the loop must survive a database restart
+            log.error("worker.dispatch_failed", error=str(exc).splitlines()[0])
+            return None
+        if result.claimed:
+            log.info(
+                "worker.dispatch",
+                delivered=result.delivered,
+                retried=result.retried,
+                dead=result.dead,
+            )
+        return result
+
     def start(self) -> None:
         """Start the loops in background threads (the first pass runs at once)."""
         self._scheduler.add_job(
@@ -62,6 +80,16 @@ class Worker:
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
+        if self.dispatcher is not None:
+            self._scheduler.add_job(
+                self.dispatch,
+                "interval",
+                seconds=self.interval,
+                id="outbox",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
         self._scheduler.start()
         log.info(
             "worker.started",

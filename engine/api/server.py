@@ -24,9 +24,6 @@ __all__ = ["ServeError", "run", "start_worker"]
 
 log = structlog.get_logger("sangkien.api")
 
-# Until the worker runs the outbox dispatcher itself, the API's worker does it after each tick.
-_WORKER_DISPATCHES = callable(getattr(Worker, "dispatch", None))
-
 
 class ServeError(SangkienError):
     """The server cannot start as configured; the message says what to set."""
@@ -42,11 +39,6 @@ class _ApiWorker(Worker):
     def tick(self) -> Any:
         result = super().tick()
         self._metrics.observe_tick(result)
-        if self.dispatcher is not None and not _WORKER_DISPATCHES:
-            try:
-                self.dispatcher.run(limit=self.batch)
-            except Exception as exc:  # the loop must survive a database restart
-                log.error("worker.dispatch_failed", error=str(exc).splitlines()[0])
         return result
 
 
