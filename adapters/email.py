@@ -162,6 +162,9 @@ class SmtpAdapter:
             mail.set_content(body, charset="utf-8")
         else:
             mail.set_content(body, charset="utf-8", cte="quoted-printable")
+        # Python 3.11 drops the space where it folds a long encoded header (CPython
+        # gh-144156); headers up to RFC 5322's 998 characters are not folded at all
+        mail.policy = mail.policy.clone(max_line_length=998)
         return mail
 
     # --- sending

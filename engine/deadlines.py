@@ -759,6 +759,7 @@ class Runner:
                 result.events.append({"kind": "reminder_skipped", **detail, "instance_id": inst.id})
                 return "skipped"
             detail["notify"] = _recipients(spec.notify)
+            detail["of"] = len(spec.remind)
             engine._append_system_event(
                 conn,
                 inst,

@@ -209,6 +209,11 @@ class Notifier:
     ) -> dict[str, Any]:
         from sangkien.runtime import new_id
 
+        if len(recipient) > 512:
+            dead_reason = dead_reason or f"address longer than 512 characters: {recipient[:60]}..."
+            recipient = recipient[:512]
+        if recipient_name is not None and len(recipient_name) > 255:
+            recipient_name = recipient_name[:254] + "…"
         if dead_reason:
             log.warning(
                 "outbox.undeliverable",
@@ -385,7 +390,8 @@ class Notifier:
             if not escalation:
                 break
             unit = directory.parent(unit)  # escalations climb the hierarchy until someone holds it
-        return [], f"no one holds role {role!r} in unit {' or '.join(seen) or row.unit!r}"
+        units = " or ".join(repr(u) for u in seen) or repr(row.unit)
+        return [], f"no one holds role {role!r} in unit {units}"
 
     def _for_recipient(
         self,
@@ -481,6 +487,13 @@ class Notifier:
                 )
         return out
 
+    def _name(self, person_id: Any) -> str | None:
+        """The directory's name for *person_id*, if it knows the person."""
+        if self.directory is None or not person_id:
+            return None
+        person = self.directory.person(str(person_id))
+        return person.name if person is not None else None
+
     def _render_row(
         self,
         definition: Definition,
@@ -532,6 +545,7 @@ class Notifier:
                     "actor_id": event.get("actor_id"),
                     "comment": event.get("comment"),
                     "at": event.get("at"),
+                    "actor_name": self._name(event.get("actor_id")),
                 },
                 deadline=dict(deadline) if deadline else None,
                 recipient={"id": person_id or address, "name": name or address},
@@ -762,7 +776,13 @@ def retry_dead(
 ) -> int:
     """Put dead messages back in the queue (attempts reset); return how many."""
     o = t.outbox
-    cond = o.c.status == "dead"
+    # a message that never had an address (nobody holds the role, no contact) stays dead:
+    # requeueing it would only "deliver" it to nobody
+    cond = sa.and_(
+        o.c.status == "dead",
+        sa.not_(o.c.recipient.startswith("role:")),
+        sa.not_(o.c.recipient.startswith("person:")),
+    )
     if ids:
         cond = sa.and_(cond, o.c.id.in_(list(ids)))
     elif instance_id is not None:

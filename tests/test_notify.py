@@ -300,11 +300,6 @@ def test_author_starter_role_and_actor(env: Env) -> None:
         assert "- Trạng thái: Đang thẩm định → Đã phê duyệt" in r.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Notifier._render_row (engine/outbox.py) never passes the actor's name "
-    "to build_context, so {{ event.actor }} is the id even when the directory knows the person",
-)
 def test_event_actor_is_the_name_from_the_directory(env: Env) -> None:
     """{{ event.actor }} is the acting person's name when the directory knows them."""
     engine, clock, box = env
@@ -385,11 +380,6 @@ def test_reminder_due_notice_and_escalations_climb(env: Env) -> None:
     assert history[-4:] == ["reminder", "deadline_missed", "escalation", "escalation"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Notifier._people (engine/outbox.py) applies !r to the joined text, "
-    "giving \"in unit 'a or b or c'\" instead of \"in unit 'a' or 'b' or 'c'\"",
-)
 def test_climbing_reason_quotes_each_unit(env: Env) -> None:
     """The dead row of an escalation nobody answers names each unit tried, quoted."""
     engine, clock, box = env
@@ -403,12 +393,6 @@ def test_climbing_reason_quotes_each_unit(env: Env) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Engine._append_system_event (engine/runtime.py) passes steps=detail['of'], "
-    "which only escalations have, so reminders get deadline.steps = None and the shipped "
-    "reminder template never prints 'Lần nhắc: 1/2'",
-)
 def test_reminders_know_how_many_there_are(db_url: str) -> None:
     """With two reminders, each message says which one it is: 'Lần nhắc: 1/2', then 2/2."""
     clock = FrozenClock(T0)
@@ -428,12 +412,6 @@ def test_reminders_know_how_many_there_are(db_url: str) -> None:
 
 
 @pytest.mark.postgresql
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Notifier._row (engine/outbox.py) stores the person's name (or a literal "
-    "address) in sk_outbox.recipient_name, VARCHAR(255); a longer one makes PostgreSQL refuse "
-    "the insert and the whole start/transition fails with StoreError",
-)
 def test_a_long_name_does_not_block_the_workflow(pg_url: str) -> None:
     """A directory name longer than 255 characters never makes the transition fail."""
     data = json.loads(json.dumps(DIRECTORY))

@@ -162,11 +162,6 @@ def test_outbox_show_unknown_id_fails_in_one_line(filled: tuple[str, str]) -> No
     assert "no-such-id" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: get_message (engine/outbox.py) raises InstanceNotFound, so `sangkien outbox "
-    "show BAD_ID` says \"instance 'BAD_ID' not found\" about a message id",
-)
 def test_outbox_show_unknown_id_names_a_message(filled: tuple[str, str]) -> None:
     """The error for an unknown message id talks about a message, not an instance."""
     url, _ = filled

@@ -344,12 +344,6 @@ def test_every_message_arrives(
     db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter bug: SmtpAdapter (adapters/email.py, _compose) lets email.policy.default fold "
-    "the Subject into adjacent encoded words and the space at the fold is lost on decoding "
-    "(CPython gh-144156, unfixed in 3.11); about 1 in 5 long Vietnamese subjects is affected",
-)
 def test_long_vietnamese_subject_keeps_its_spaces(smtp: tuple[Mailbox, int]) -> None:
     """A long Vietnamese subject arrives with every space, wherever the header is folded."""
     box, port = smtp
@@ -500,12 +494,6 @@ def test_max_attempts_then_dead_then_retry_dead(
     assert counts(engine).get("dead", 0) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: retry_dead (engine/outbox.py) also requeues rows that died when written "
-    "(no one holds the role, no address): they carry no real address ('role:ghost@unit'), the "
-    "original reason is wiped, and on the log channel the 'delivery' then succeeds",
-)
 def test_retry_dead_does_not_deliver_a_message_that_has_no_recipient(tmp_path: Path) -> None:
     """A message dead for want of a recipient is not 'delivered' by retrying it."""
     from sangkien.adapters.log import LogAdapter
