@@ -598,11 +598,12 @@ class Engine:
             raise _store_error(wrapped) from exc
 
     @property
-    def _dbapi_errors(self) -> type[BaseException]:
+    def _dbapi_errors(self) -> type[Exception]:
         dbapi = self._db.dialect.dbapi
         if dbapi is None:  # pragma: no cover - every dialect we support has a driver
             return sa.exc.SQLAlchemyError
-        return dbapi.Error  # type: ignore[no-any-return]
+        error: type[Exception] = dbapi.Error
+        return error
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -877,7 +878,7 @@ class Engine:
             if reasons:
                 raise TransitionNotAllowed(None, "start", reasons)
             state = definition.initial_state
-            event = {
+            event: dict[str, Any] = {
                 "instance_id": iid,
                 "seq": 1,
                 "kind": "started",
@@ -1106,7 +1107,7 @@ class Engine:
     ) -> _Row:
         """Append one hash-chained event and write the instance under its version lock."""
         seq = row.last_seq + 1
-        event = {
+        event: dict[str, Any] = {
             "instance_id": row.id,
             "seq": seq,
             "kind": kind,
