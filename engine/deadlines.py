@@ -31,6 +31,7 @@ from sangkien.errors import ConcurrencyConflict, SangkienError, TransitionNotAll
 from sangkien.expressions import ExpressionError
 from sangkien.model import Actor
 from sangkien.store import schema as t
+from sangkien.store.fast import DeadlineWrites
 
 if TYPE_CHECKING:
     from sangkien.runtime import Engine
@@ -139,6 +140,7 @@ class Scheduler:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._fast = DeadlineWrites(engine._hot)
 
     # ------------------------------------------------------------ computation
 
@@ -241,29 +243,28 @@ class Scheduler:
         else:
             anchor = now
         base = self._base_due(cal, anchor, spec.after, at_value)
-        did = conn.execute(
-            t.deadlines.insert()
-            .values(
-                instance_id=inst.id,
-                kind=kind,
-                name=name,
-                entry_seq=entry_seq,
-                status="active",
-                workflow=inst.workflow,
-                unit=inst.unit,
-                calendar=cal.name,
-                anchor_at=anchor,
-                period=spec.after,
-                base_due_at=base,
-                shifts=[],
-                due_at=base,
-                paused_at=None,
-                escalations_done=0,
-                calendar_fingerprint=cal.fingerprint,
-                created_at=now,
-            )
-            .returning(t.deadlines.c.id)
-        ).scalar_one()
+        did = self._fast.insert_deadline(
+            conn,
+            {
+                "instance_id": inst.id,
+                "kind": kind,
+                "name": name,
+                "entry_seq": entry_seq,
+                "status": "active",
+                "workflow": inst.workflow,
+                "unit": inst.unit,
+                "calendar": cal.name,
+                "anchor_at": anchor,
+                "period": spec.after,
+                "base_due_at": base,
+                "shifts": [],
+                "due_at": base,
+                "paused_at": None,
+                "escalations_done": 0,
+                "calendar_fingerprint": cal.fingerprint,
+                "created_at": now,
+            },
+        )
         self._insert_timers(conn, did, inst.id, self.timers_for(cal, spec, base, now))
         log.info(
             "deadline.set",
@@ -316,8 +317,8 @@ class Scheduler:
         timers: Sequence[tuple[str, int, datetime]],
     ) -> None:
         if timers:
-            conn.execute(
-                t.timers.insert(),
+            self._fast.insert_timers(
+                conn,
                 [
                     {
                         "deadline_id": deadline_id,
@@ -326,8 +327,6 @@ class Scheduler:
                         "step": s,
                         "fire_at": at,
                         "status": "pending",
-                        "fired_at": None,
-                        "note": None,
                     }
                     for k, s, at in timers
                 ],
@@ -335,11 +334,7 @@ class Scheduler:
 
     def _cancel_timers(self, conn: sa.Connection, deadline_ids: Sequence[int], note: str) -> None:
         if deadline_ids:
-            conn.execute(
-                t.timers.update()
-                .where(t.timers.c.deadline_id.in_(deadline_ids), t.timers.c.status == "pending")
-                .values(status="cancelled", note=note)
-            )
+            self._fast.cancel_timers(conn, list(deadline_ids), note)
 
     # ------------------------------------------------------------ transitions
 
@@ -361,22 +356,8 @@ class Scheduler:
         if not entered and changed:
             self._follow_data(conn, definition, inst, changed, now, scope)
         if entered:
-            open_ids = [
-                r.id
-                for r in conn.execute(
-                    sa.select(t.deadlines.c.id).where(
-                        t.deadlines.c.instance_id == inst.id,
-                        t.deadlines.c.kind == "state",
-                        t.deadlines.c.status == "active",
-                    )
-                )
-            ]
+            open_ids = self._fast.close_state(conn, inst.id, now)
             if open_ids:
-                conn.execute(
-                    t.deadlines.update()
-                    .where(t.deadlines.c.id.in_(open_ids))
-                    .values(status="closed", closed_at=now)
-                )
                 self._cancel_timers(conn, open_ids, "left the state")
             spec = wf.states[inst.state].deadline
             if spec is not None:
@@ -653,14 +634,20 @@ class Runner:
             # Claim whole instances, not single timers: each instance then belongs to one
             # runner per batch, so runners never deadlock on instance rows and every
             # instance's timers are recorded in fire order.
-            earliest = (
-                sa.select(tm.c.instance_id).where(due).order_by(tm.c.fire_at, tm.c.id).limit(limit)
+            # The LIMIT applies after SKIP LOCKED: a second runner takes the next instances
+            # that are due rather than waiting for the first runner's.
+            first_due = (
+                sa.select(tm.c.instance_id, sa.func.min(tm.c.fire_at).label("first"))
+                .where(due)
+                .group_by(tm.c.instance_id)
+                .subquery()
             )
             owned = (
                 sa.select(t.instances.c.id)
-                .where(t.instances.c.id.in_(earliest.scalar_subquery()))
-                .order_by(t.instances.c.id)
-                .with_for_update(skip_locked=True)
+                .join(first_due, first_due.c.instance_id == t.instances.c.id)
+                .order_by(first_due.c.first, t.instances.c.id)
+                .limit(max(1, limit // 4))
+                .with_for_update(skip_locked=True, of=t.instances)
             )
             q = (
                 sa.select(*cols)

@@ -132,7 +132,6 @@ class Engine:
         self.lang = lang
         self._calendars: dict[str, Calendar] = dict(calendars or {})
         self.calendar_dirs = tuple(calendar_dirs)
-        self._scheduler = Scheduler(self)
         self.directory = directory
         self._notifier = Notifier(
             self,
@@ -153,6 +152,7 @@ class Engine:
         else:
             self._db = database
         self._hot = HotPath(self._db.dialect.name)
+        self._scheduler = Scheduler(self)
         self.clock: Clock = clock or SystemClock()
         self.units: UnitTree = units or directory or FlatUnits()
         self._defs: dict[tuple[str, int], Definition] = {}

@@ -101,8 +101,8 @@ class HotPath:
             self.json_in = _identity
             self.positional = False
         p = self._p
-        self.select_sql = f"SELECT {cols} FROM sk_instances WHERE id = {p('id')}"  # noqa: S608
-        self.update_sql = (  # noqa: S608 - column names are constants, values are bound
+        self.select_sql = f"SELECT {cols} FROM sk_instances WHERE id = {p('id')}"
+        self.update_sql = (
             "UPDATE sk_instances SET state = {s}, state_entered_at = {e}, data = {d}, "
             "version = {nv}, last_seq = {q}, last_hash = {h}, updated_at = {u}, "
             "entered_seq = {es} WHERE id = {i} AND version = {v}"
@@ -119,8 +119,7 @@ class HotPath:
             v=p("version"),
         )
         self.insert_sql = (
-            f"INSERT INTO sk_events ({ev_cols}) VALUES "  # noqa: S608
-            f"({', '.join(p(c) for c in _EVENT_COLUMNS)})"
+            f"INSERT INTO sk_events ({ev_cols}) VALUES ({', '.join(p(c) for c in _EVENT_COLUMNS)})"
         )
         self._update_order = (
             "state",
@@ -188,5 +187,101 @@ class HotPath:
             ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
             cur.execute(self.insert_sql, self._params(_EVENT_COLUMNS, ev))
             return 1
+        finally:
+            cur.close()
+
+
+_DEADLINE_COLUMNS = (
+    "instance_id",
+    "kind",
+    "name",
+    "entry_seq",
+    "status",
+    "workflow",
+    "unit",
+    "calendar",
+    "anchor_at",
+    "period",
+    "base_due_at",
+    "shifts",
+    "due_at",
+    "paused_at",
+    "escalations_done",
+    "calendar_fingerprint",
+    "created_at",
+)
+_TIMER_COLUMNS = ("deadline_id", "instance_id", "kind", "step", "fire_at", "status")
+
+
+class DeadlineWrites:
+    """Driver-level SQL for the deadline rows a transition writes (same connection)."""
+
+    def __init__(self, hot: HotPath) -> None:
+        self.hot = hot
+        p = hot._p
+        self.insert_deadline_sql = (
+            f"INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
+            f"({', '.join(p(c) for c in _DEADLINE_COLUMNS)}) RETURNING id"
+        )
+        self.insert_timer_sql = (
+            f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
+            f"({', '.join(p(c) for c in _TIMER_COLUMNS)})"
+        )
+        self.close_sql = (
+            f"UPDATE sk_deadlines SET status = 'closed', closed_at = {p('now')} "
+            f"WHERE instance_id = {p('instance_id')} AND kind = 'state' AND status = 'active' "
+            "RETURNING id"
+        )
+        self.cancel_sql = (
+            f"UPDATE sk_timers SET status = 'cancelled', note = {p('note')} "
+            f"WHERE deadline_id = {p('deadline_id')} AND status = 'pending'"
+        )
+
+    def insert_deadline(self, conn: sa.Connection, values: Mapping[str, Any]) -> int:
+        h = self.hot
+        v = dict(values)
+        for k in ("anchor_at", "base_due_at", "due_at", "paused_at", "created_at"):
+            if v[k] is not None:
+                v[k] = h.dt_out(v[k])
+        v["shifts"] = h.json_out(list(v["shifts"]))
+        cur = h.cursor(conn)
+        try:
+            cur.execute(self.insert_deadline_sql, h._params(_DEADLINE_COLUMNS, v))
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
+
+    def insert_timers(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        h = self.hot
+        params = [h._params(_TIMER_COLUMNS, {**r, "fire_at": h.dt_out(r["fire_at"])}) for r in rows]
+        cur = h.cursor(conn)
+        try:
+            cur.executemany(self.insert_timer_sql, params)
+        finally:
+            cur.close()
+
+    def close_state(self, conn: sa.Connection, instance_id: str, now: datetime) -> list[int]:
+        h = self.hot
+        cur = h.cursor(conn)
+        try:
+            cur.execute(
+                self.close_sql,
+                h._params(
+                    ("now", "instance_id"), {"now": h.dt_out(now), "instance_id": instance_id}
+                ),
+            )
+            return [int(r[0]) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def cancel_timers(self, conn: sa.Connection, deadline_ids: list[int], note: str) -> None:
+        h = self.hot
+        cur = h.cursor(conn)
+        try:
+            for did in deadline_ids:
+                cur.execute(
+                    self.cancel_sql,
+                    h._params(("note", "deadline_id"), {"note": note, "deadline_id": did}),
+                )
         finally:
             cur.close()
