@@ -53,29 +53,42 @@ def _fill_open(conn: sa.Connection, dialect: str, n: int) -> None:
     """Insert *n* open (pending, far-future) timers on one parked deadline."""
     ts = FAR.replace(tzinfo=None).isoformat(" ") if dialect == "sqlite" else FAR.isoformat()
     now = NOW.replace(tzinfo=None).isoformat(" ") if dialect == "sqlite" else NOW.isoformat()
-    conn.execute(sa.text(
-        "INSERT INTO sk_instances (id, workflow, workflow_version, state, state_entered_at, data,"
-        " unit, created_by, created_at, updated_at, version, last_seq, last_hash, entered_seq)"
-        " VALUES ('parked', 'bench', 1, 'open', :now, '{}', 'u', 'x', :now, :now, 1, 1, '', 1)"
-    ), {"now": now})
-    did = conn.execute(sa.text(
-        "INSERT INTO sk_deadlines (instance_id, kind, name, entry_seq, status, workflow, unit,"
-        " calendar, anchor_at, period, base_due_at, shifts, due_at, escalations_done,"
-        " calendar_fingerprint, created_at) VALUES ('parked', 'state', 'open', 1, 'active',"
-        " 'bench', 'u', 'vn', :now, '10 days', :far, '[]', :far, 0, '', :now) RETURNING id"
-    ), {"now": now, "far": ts}).scalar_one()
+    conn.execute(
+        sa.text(
+            "INSERT INTO sk_instances (id, workflow, workflow_version, state, state_entered_at,"
+            " data, unit, created_by, created_at, updated_at, version, last_seq, last_hash,"
+            " entered_seq)"
+            " VALUES ('parked', 'bench', 1, 'open', :now, '{}', 'u', 'x', :now, :now, 1, 1, '', 1)"
+        ),
+        {"now": now},
+    )
+    did = conn.execute(
+        sa.text(
+            "INSERT INTO sk_deadlines (instance_id, kind, name, entry_seq, status, workflow, unit,"
+            " calendar, anchor_at, period, base_due_at, shifts, due_at, escalations_done,"
+            " calendar_fingerprint, created_at) VALUES ('parked', 'state', 'open', 1, 'active',"
+            " 'bench', 'u', 'vn', :now, '10 days', :far, '[]', :far, 0, '', :now) RETURNING id"
+        ),
+        {"now": now, "far": ts},
+    ).scalar_one()
     if dialect == "sqlite":
-        conn.execute(sa.text(
-            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n)"
-            " INSERT INTO sk_timers (deadline_id, instance_id, kind, step, fire_at, status)"
-            " SELECT :d, 'parked', 'remind', 0, :far, 'pending' FROM s"
-        ), {"n": n, "d": did, "far": ts})
+        conn.execute(
+            sa.text(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n)"
+                " INSERT INTO sk_timers (deadline_id, instance_id, kind, step, fire_at, status)"
+                " SELECT :d, 'parked', 'remind', 0, :far, 'pending' FROM s"
+            ),
+            {"n": n, "d": did, "far": ts},
+        )
     else:
-        conn.execute(sa.text(
-            "INSERT INTO sk_timers (deadline_id, instance_id, kind, step, fire_at, status)"
-            " SELECT :d, 'parked', 'remind', 0, CAST(:far AS timestamptz)"
-            " + (i || ' seconds')::interval, 'pending' FROM generate_series(1, :n) AS i"
-        ), {"n": n, "d": did, "far": ts})
+        conn.execute(
+            sa.text(
+                "INSERT INTO sk_timers (deadline_id, instance_id, kind, step, fire_at, status)"
+                " SELECT :d, 'parked', 'remind', 0, CAST(:far AS timestamptz)"
+                " + (i || ' seconds')::interval, 'pending' FROM generate_series(1, :n) AS i"
+            ),
+            {"n": n, "d": did, "far": ts},
+        )
 
 
 def _drop_all(db: sa.Engine, dialect: str) -> None:
@@ -84,8 +97,9 @@ def _drop_all(db: sa.Engine, dialect: str) -> None:
         if dialect == "sqlite":
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         for table in sa.inspect(conn).get_table_names():
-            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"'
-                                 + (" CASCADE" if dialect == "postgresql" else ""))
+            conn.exec_driver_sql(
+                f'DROP TABLE IF EXISTS "{table}"' + (" CASCADE" if dialect == "postgresql" else "")
+            )
 
 
 def _due_batch(engine: Engine, clock: FrozenClock, count: int) -> None:
@@ -112,11 +126,9 @@ def run(url: str, dialect: str, sizes: list[int], due: int, rounds: int) -> list
                 _fill_open(conn, dialect, n - due)
             if dialect == "postgresql":
                 with db.connect() as conn:
-                    conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                        "ANALYZE")
+                    conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
             clock = FrozenClock(NOW)
-            engine = Engine(db, clock=clock, workflows=[parse_definition(WORKFLOW)],
-                            migrate=False)
+            engine = Engine(db, clock=clock, workflows=[parse_definition(WORKFLOW)], migrate=False)
             _due_batch(engine, clock, due)
             clock.set(NOW + timedelta(days=9, hours=12))
             started = time.perf_counter()
@@ -126,8 +138,15 @@ def run(url: str, dialect: str, sizes: list[int], due: int, rounds: int) -> list
             times.append(elapsed)
             engine.close()
             db.dispose()
-        out.append({"open": n, "due": due, "median_s": statistics.median(times),
-                    "min_s": min(times), "max_s": max(times)})
+        out.append(
+            {
+                "open": n,
+                "due": due,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+            }
+        )
     return out
 
 
@@ -150,14 +169,35 @@ def section(urls: dict[str, str], *, quick: bool = False) -> Any:
         sec.data[backend] = res
         base = res[0]["median_s"]
         for r in res:
-            rows.append([backend, f"{int(r['open']):,}", f"{int(r['due']):,}",
-                         f"{r['median_s']:.3f}", f"{r['min_s']:.3f}–{r['max_s']:.3f}",
-                         f"{r['median_s'] / base:.2f}"])
+            rows.append(
+                [
+                    backend,
+                    f"{int(r['open']):,}",
+                    f"{int(r['due']):,}",
+                    f"{r['median_s']:.3f}",
+                    f"{r['min_s']:.3f}–{r['max_s']:.3f}",
+                    f"{r['median_s'] / base:.2f}",
+                ]
+            )
         ratio = res[-1]["median_s"] / base
-        sec.target(f"tick at {sizes[-1]:,} vs {sizes[0]:,} open timers, {backend}", "≤ 1.5×",
-                   f"{ratio:.2f}×", ratio <= 1.5, f"{(1.5 / ratio - 1) * 100:+.0f} % vs goal")
-    sec.table(["backend", "open timers", "due", "tick median (s)", "min–max (s)",
-               f"ratio to {sizes[0]:,}"], rows)
+        sec.target(
+            f"tick at {sizes[-1]:,} vs {sizes[0]:,} open timers, {backend}",
+            "≤ 1.5×",
+            f"{ratio:.2f}×",
+            ratio <= 1.5,
+            f"{(1.5 / ratio - 1) * 100:+.0f} % vs goal",
+        )
+    sec.table(
+        [
+            "backend",
+            "open timers",
+            "due",
+            "tick median (s)",
+            "min–max (s)",
+            f"ratio to {sizes[0]:,}",
+        ],
+        rows,
+    )
     return sec
 
 
@@ -173,15 +213,19 @@ def main() -> None:
     args = p.parse_args()
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results["SQLite (WAL)"] = run(f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite",
-                                      args.sizes, args.due, args.rounds)
+        results["SQLite (WAL)"] = run(
+            f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite", args.sizes, args.due, args.rounds
+        )
     if args.postgresql:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         admin = sa.create_engine(args.postgresql)
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        url = sa.engine.make_url(args.postgresql).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+        url = (
+            sa.engine.make_url(args.postgresql)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
         try:
             results["PostgreSQL"] = run(url, "postgresql", args.sizes, args.due, args.rounds)
         finally:
@@ -194,8 +238,10 @@ def main() -> None:
     for backend, rows in results.items():
         base = rows[0]["median_s"]
         for r in rows:
-            print(f"| {backend} | {int(r['open']):,} | {int(r['due']):,} | {r['median_s']:.3f} | "
-                  f"{r['min_s']:.3f}–{r['max_s']:.3f} | {r['median_s'] / base:.2f} |")
+            print(
+                f"| {backend} | {int(r['open']):,} | {int(r['due']):,} | {r['median_s']:.3f} | "
+                f"{r['min_s']:.3f}–{r['max_s']:.3f} | {r['median_s'] / base:.2f} |"
+            )
 
 
 if __name__ == "__main__":
