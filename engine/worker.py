@@ -6,6 +6,7 @@ catches up on everything that fell due, in order, when it starts again.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from datetime import UTC, datetime
@@ -71,6 +72,9 @@ class Worker:
 
     def start(self) -> None:
         """Start the loops in background threads (the first pass runs at once)."""
+        # a pass that outlasts the interval is normal catch-up, not a warning worth a
+        # stdlib log line interleaved with our structured ones
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self._scheduler.add_job(
             self.tick,
             "interval",

@@ -218,6 +218,21 @@ def _pending_due(url: str) -> int:
         db.dispose()
 
 
+def _pending_among(url: str, timer_ids: list[int]) -> int:
+    db = sa.create_engine(url)
+    try:
+        with db.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(t.timers)
+                    .where(t.timers.c.id.in_(timer_ids), t.timers.c.status == "pending")
+                ).scalar_one()
+            )
+    finally:
+        db.dispose()
+
+
 def _check_timers_exactly_once(url: str, instances: int) -> None:
     """Every timer fired once, one history event each, and every chain verifies."""
     with Engine(url, migrate=False) as engine, engine.db.connect() as conn:
@@ -385,10 +400,10 @@ def test_eight_processes_racing_on_100_instances_lose_no_update(
 def test_cli_workers_fire_every_timer_once_when_one_is_sigkilled_mid_batch(
     pg_url: str, tmp_path: Path, cli_workers: list[CliWorker]
 ) -> None:
-    """Three `sangkien worker` processes, 1,200 due timers; the one at work is SIGKILLed.
+    """Three `sangkien worker` processes, 1,200 due timers; one is SIGKILLed inside a batch.
 
-    A batch is one transaction (here 200 instances, 600 timers): the victim is killed a few
-    dozen timers into its first batch, so nothing it did is committed, and the survivors
+    A batch is one transaction (here up to 200 instances, 600 timers). The victim is killed
+    a few dozen timers into its first batch: nothing it did is committed, and the others
     must fire every one of those timers, once.
     """
     instances = 400
@@ -396,7 +411,7 @@ def test_cli_workers_fire_every_timer_once_when_one_is_sigkilled_mid_batch(
     assert _pending_due(pg_url) == 3 * instances
     started = time.monotonic()
     for _ in range(3):
-        cli_workers.append(CliWorker(pg_url, batch=200))
+        cli_workers.append(CliWorker(pg_url, batch=800))
 
     def busy() -> CliWorker | None:
         return next((w for w in cli_workers if w.count("timer") >= 40), None)
@@ -405,17 +420,19 @@ def test_cli_workers_fire_every_timer_once_when_one_is_sigkilled_mid_batch(
     victim = busy()
     assert victim is not None
     victim.kill()
-    logged_by_victim = victim.count("timer")
-    if logged_by_victim < 600:  # still in its first batch: the kill rolled it all back
-        assert _pending_due(pg_url) == 3 * instances, "the victim's batch was not rolled back"
+    done_by_victim = [int(i) for i in victim.values("timer", "timer_id")]
+    assert len(done_by_victim) < 600, "the victim finished its first batch before the kill"
+    # the batch was in flight: none of what the victim processed was committed
+    assert _pending_among(pg_url, done_by_victim) == len(done_by_victim)
     survivors = [w for w in cli_workers if w is not victim]
     _wait(lambda: _pending_due(pg_url) == 0, 25, "the survivors to fire every due timer")
     for w in survivors:
         assert w.stop() == 0, w.log_tail()
     _check_timers_exactly_once(pg_url, instances)
     print(
-        f"victim logged {logged_by_victim} timers before SIGKILL; survivors fired "
-        f"{[w.count('timer') for w in survivors]}; {time.monotonic() - started:.1f}s"
+        f"victim processed {len(done_by_victim)} timers, none committed, before SIGKILL; "
+        f"survivors fired {[w.count('timer') for w in survivors]}; "
+        f"{time.monotonic() - started:.1f}s"
     )
 
 
