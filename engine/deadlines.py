@@ -226,23 +226,12 @@ class Scheduler:
     ) -> int | None:
         """Create a deadline (and its timers); return its id, or None if it has no due time."""
         cal = self.engine.calendar(definition.model.calendar)
-        anchor: datetime | None = None
-        at_value: datetime | None = None
-        if spec.at is not None:
-            moment = self._evaluate(definition, spec.at, scope)
-            if moment is None:
-                self._unset(inst, name, spec.at)
-                return None
-            at_value = cal.end_of_day(moment) if not isinstance(moment, datetime) else moment
-        elif spec.from_ is not None:
-            moment = self._evaluate(definition, spec.from_, scope)
-            if moment is None:
-                self._unset(inst, name, spec.from_)
-                return None
-            anchor = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
-        else:
-            anchor = now
-        base = self._base_due(cal, anchor, spec.after, at_value)
+        source = spec.at or spec.from_
+        computed = self._anchor_and_base(cal, definition, spec, scope, now)
+        if computed is None:
+            self._unset(inst, name, str(source))
+            return None
+        anchor, base = computed
         did = self._fast.insert_deadline(
             conn,
             {
@@ -274,6 +263,25 @@ class Scheduler:
             due_at=base.isoformat(),
         )
         return int(did)
+
+    def _anchor_and_base(
+        self,
+        cal: Calendar,
+        definition: Definition,
+        spec: DeadlineSpec,
+        scope: Mapping[str, Any],
+        now: datetime,
+    ) -> tuple[datetime | None, datetime] | None:
+        """What a deadline counts from (None for `at:`) and its due time; None if unset."""
+        if spec.at is None and spec.from_ is None:
+            return now, self._base_due(cal, now, spec.after, None)
+        moment = self._evaluate(definition, str(spec.at or spec.from_), scope)
+        if moment is None:
+            return None
+        point = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
+        if spec.at is not None:
+            return None, point
+        return point, self._base_due(cal, point, spec.after, None)
 
     def _evaluate(
         self, definition: Definition, source: str, scope: Mapping[str, Any]
@@ -418,16 +426,10 @@ class Scheduler:
             if row is None:
                 continue
             cal = self.engine.calendar(wf.calendar)
-            moment = self._evaluate(definition, source, scope)
-            if moment is None:
+            computed = self._anchor_and_base(cal, definition, spec, scope, now)
+            if computed is None:
                 continue
-            anchor: datetime | None
-            if spec.at is not None:
-                anchor = None
-                base = cal.end_of_day(moment) if not isinstance(moment, datetime) else moment
-            else:
-                anchor = moment if isinstance(moment, datetime) else cal.end_of_day(moment)
-                base = self._base_due(cal, anchor, spec.after, None)
+            anchor, base = computed
             exact = parse_duration(row.period).exact if row.period else False
             due = self._apply_shifts(cal, base, row.shifts, exact=exact)
             if due != row.due_at:
