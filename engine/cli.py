@@ -880,7 +880,7 @@ def outbox_retry(
     click.echo(f"{n} message(s) queued again")
 
 
-def _attach_calendar() -> None:
+def _attach_commands() -> None:
     from sangkien.api.cli import serve, token
     from sangkien.calendar_cli import calendar
 
@@ -889,7 +889,7 @@ def _attach_calendar() -> None:
     cli.add_command(token)
 
 
-_attach_calendar()
+_attach_commands()
 
 
 # --------------------------------------------------------------------------- entry point

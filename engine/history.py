@@ -129,7 +129,7 @@ def verify_chain(
             )
         prev = r.hash
         expected_seq += 1
-    if current is not None and rows_seen(expected_seq):
+    if current is not None and expected_seq > 1:  # some history was read
         cur_state, cur_data = current
         if cur_state != state:
             breaks.append(
@@ -158,10 +158,6 @@ def verify_chain(
             )
         )
     return breaks
-
-
-def rows_seen(next_seq: int) -> bool:
-    return next_seq > 1
 
 
 def _canon(value: Any) -> str:

@@ -282,7 +282,12 @@ class Engine:
     ) -> list[DeadlineStatus]:
         d, i = t.deadlines, t.instances
         q = (
-            sa.select(d, i.c.state.label("instance_state"), i.c.data.label("instance_data"))
+            sa.select(
+                d,
+                i.c.state.label("instance_state"),
+                i.c.data.label("instance_data"),
+                i.c.workflow_version.label("instance_version"),
+            )
             .join(i, i.c.id == d.c.instance_id)
             .where(d.c.status.in_(statuses))
             .order_by(d.c.due_at, d.c.id)
@@ -338,7 +343,7 @@ class Engine:
                     )
                 inst_def = None
                 with suppress(SangkienError):
-                    inst_def = self._definition_for_row(conn, r.instance_id)
+                    inst_def = self._load_definition(conn, r.workflow, r.instance_version)
                 spec = spec_of(inst_def, r.kind, r.name) if inst_def else None
                 title = r.instance_data.get("title") if isinstance(r.instance_data, dict) else None
                 out.append(
@@ -363,14 +368,6 @@ class Engine:
         if until is not None and since is None:
             out.sort(key=lambda x: x.due_at)
         return out
-
-    def _definition_for_row(self, conn: sa.Connection, instance_id: str) -> Definition:
-        row = conn.execute(
-            sa.select(t.instances.c.workflow, t.instances.c.workflow_version).where(
-                t.instances.c.id == instance_id
-            )
-        ).one()
-        return self._load_definition(conn, row.workflow, row.workflow_version)
 
     def extend_deadline(
         self,
