@@ -774,9 +774,6 @@ class Engine:
     ) -> Instance:
         """Start an instance of *workflow* in *unit* (default: the actor's unit)."""
         started = time.perf_counter()
-        with self._read() as conn:
-            definition = self._definition_on(conn, workflow, version)
-        wf = definition.model
         unit = unit or actor.unit
         incoming = dict(data or {})
         if unit is None:
@@ -802,6 +799,9 @@ class Engine:
                 replay = self._replay(conn, actor, idempotency_key, request)
                 if replay is not None:
                     return replay
+            # the newest version, read in the same transaction that starts the instance
+            definition = self._definition_on(conn, workflow, version)
+            wf = definition.model
             reasons: list[str] = []
             parent_row = None
             if wf.parent and parent is None:
