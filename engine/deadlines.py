@@ -223,16 +223,16 @@ class Scheduler:
         entry_seq: int,
         now: datetime,
         scope: Mapping[str, Any],
-    ) -> int | None:
-        """Create a deadline (and its timers); return its id, or None if it has no due time."""
+    ) -> bool:
+        """Create a deadline (and its timers); False if it has no due time yet."""
         cal = self.engine.calendar(definition.model.calendar)
         source = spec.at or spec.from_
         computed = self._anchor_and_base(cal, definition, spec, scope, now)
         if computed is None:
             self._unset(inst, name, str(source))
-            return None
+            return False
         anchor, base = computed
-        did = self._fast.insert_deadline(
+        self._fast.insert_deadline(
             conn,
             {
                 "instance_id": inst.id,
@@ -253,8 +253,8 @@ class Scheduler:
                 "calendar_fingerprint": cal.fingerprint,
                 "created_at": now,
             },
+            self.timers_for(cal, spec, base, now),
         )
-        self._insert_timers(conn, did, inst.id, self.timers_for(cal, spec, base, now))
         log.info(
             "deadline.set",
             instance_id=inst.id,
@@ -262,7 +262,7 @@ class Scheduler:
             deadline=f"{kind}:{name}",
             due_at=base.isoformat(),
         )
-        return int(did)
+        return True
 
     def _anchor_and_base(
         self,
@@ -364,9 +364,7 @@ class Scheduler:
         if not entered and changed:
             self._follow_data(conn, definition, inst, changed, now, scope)
         if entered:
-            open_ids = self._fast.close_state(conn, inst.id, now)
-            if open_ids:
-                self._cancel_timers(conn, open_ids, "left the state")
+            self._fast.close_state(conn, inst.id, now, "left the state")
             spec = wf.states[inst.state].deadline
             if spec is not None:
                 self.create(

@@ -15,12 +15,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -56,7 +56,8 @@ from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine, ensure_schema
-from sangkien.store.fast import HotPath
+from sangkien.store.fast import CONFLICT_MARK, HotPath
+from sangkien.store.writer import StaleConnection, Writer
 from sangkien.units import FlatUnits, UnitTree
 
 __all__ = ["Engine", "new_id"]
@@ -64,6 +65,8 @@ __all__ = ["Engine", "new_id"]
 log = structlog.get_logger("sangkien")
 
 _READ = {"sangkien_read_only": True}
+_T = TypeVar("_T")
+_KEEP = 4  # write connections an Engine keeps between transactions
 
 
 _id_lock = threading.Lock()
@@ -152,6 +155,11 @@ class Engine:
         else:
             self._db = database
         self._hot = HotPath(self._db.dialect.name)
+        # connections kept between write transactions, for engines made here (a host's
+        # engine keeps its pool to itself)
+        self._writer: Writer | None = None
+        if self._owns_engine and self._db.url.database not in (None, "", ":memory:"):
+            self._writer = Writer(self._db, keep=_KEEP)
         self._scheduler = Scheduler(self)
         self.clock: Clock = clock or SystemClock()
         self.units: UnitTree = units or directory or FlatUnits()
@@ -564,7 +572,9 @@ class Engine:
         return moved
 
     def close(self) -> None:
-        """Release the connection pool (only if this Engine created it)."""
+        """Release the kept connections and the pool (the pool only if this Engine made it)."""
+        if self._writer is not None and self._conn is None:
+            self._writer.close()
         if self._owns_engine:
             self._db.dispose()
 
@@ -577,7 +587,12 @@ class Engine:
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
+    def _write(self, *, retryable: bool = False) -> Iterator[sa.Connection]:
+        """A write transaction: the host's, one on a kept connection, or a pooled one.
+
+        With *retryable*, a kept connection found dead on the first statement (nothing
+        sent) raises :class:`StaleConnection` for the caller to run the body again.
+        """
         try:
             if self._conn is not None:
                 if self._conn.in_transaction():
@@ -585,14 +600,31 @@ class Engine:
                 else:
                     with self._conn.begin():
                         yield self._conn
+            elif self._writer is not None:
+                with self._writer.transaction() as conn:
+                    yield conn
             else:
                 with self._db.begin() as conn:
                     yield conn
+        except StaleConnection as exc:
+            if retryable:
+                raise
+            raise StoreError(f"the database connection was lost: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise _store_error(exc) from exc
         except self._dbapi_errors as exc:  # the hot path talks to the driver directly
             wrapped = sa.exc.DBAPIError.instance(None, None, exc, self._dbapi_errors)
             raise _store_error(wrapped) from exc
+
+    def _transact(self, body: Callable[[sa.Connection], _T]) -> _T:
+        """Run *body* in a write transaction, once more if the connection was found dead."""
+        for attempt in (1, 2):
+            try:
+                with self._write(retryable=attempt == 1) as conn:
+                    return body(conn)
+            except StaleConnection:
+                continue
+        raise AssertionError("unreachable: the second attempt does not raise StaleConnection")
 
     @property
     def _dbapi_errors(self) -> type[Exception]:
@@ -794,11 +826,12 @@ class Engine:
             "external_ref": external_ref,
             "comment": comment,
         }
-        with self._write() as conn:
+
+        def run(conn: sa.Connection) -> tuple[Instance, bool]:
             if idempotency_key:
                 replay = self._replay(conn, actor, idempotency_key, request)
                 if replay is not None:
-                    return replay
+                    return replay, True
             # the newest version, read in the same transaction that starts the instance
             definition = self._definition_on(conn, workflow, version)
             wf = definition.model
@@ -945,11 +978,16 @@ class Engine:
             instance = _instance(new_row)
             if idempotency_key:
                 self._remember(conn, actor, idempotency_key, request, instance, now)
+            return instance, False
+
+        instance, replayed = self._transact(run)
+        if replayed:
+            return instance
         log.info(
             "instance.started",
-            instance_id=iid,
+            instance_id=instance.id,
             workflow=workflow,
-            state=state,
+            state=instance.state,
             unit=unit,
             actor=actor.id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -984,21 +1022,32 @@ class Engine:
             "data": incoming,
             "comment": comment,
         }
-        with self._write() as conn:
-            if idempotency_key:
-                replay = self._replay(conn, actor, idempotency_key, request)
-                if replay is not None:
-                    return replay
-            found = self._hot.load(conn, instance_id)
-            if found is None or not self._visible(actor, found["unit"]):
-                raise InstanceNotFound(instance_id)
-            row = _Row(**found)
-            if expected_version is not None and row.version != expected_version:
-                raise ConcurrencyConflict(instance_id, expected_version, row.state)
-            now = self.clock.now()
-            instance = self._fire_row(conn, row, trigger, actor, incoming, comment, now=now)
-            if idempotency_key:
-                self._remember(conn, actor, idempotency_key, request, instance, now)
+        read_version = -1
+        for attempt in (1, 2):
+            try:
+                with self._write(retryable=attempt == 1) as conn:
+                    if idempotency_key:
+                        replay = self._replay(conn, actor, idempotency_key, request)
+                        if replay is not None:
+                            return replay
+                    found = self._hot.load(conn, instance_id)
+                    if found is None or not self._visible(actor, found["unit"]):
+                        raise InstanceNotFound(instance_id)
+                    row = _Row(**found)
+                    read_version = row.version
+                    if expected_version is not None and row.version != expected_version:
+                        raise ConcurrencyConflict(instance_id, expected_version, row.state)
+                    now = self.clock.now()
+                    instance = self._fire_row(conn, row, trigger, actor, incoming, comment, now=now)
+                    if idempotency_key:
+                        self._remember(conn, actor, idempotency_key, request, instance, now)
+                break
+            except StaleConnection:  # dead before anything was sent: run it again
+                continue
+            except StoreError as exc:
+                if CONFLICT_MARK in str(exc):
+                    raise ConcurrencyConflict(instance_id, read_version, None) from exc
+                raise
         log.info(
             "transition",
             instance_id=instance_id,

@@ -285,8 +285,10 @@ RACER_SCRIPT = textwrap.dedent(
     for _ in range(int(rounds)):
         for iid in ids:  # every process walks the instances in the same order: they collide
             trigger = rng.choice(["go_left", "go_right", "reset", "bump"])
+            # half the fires name the version they read, as an API client with If-Match
+            expected = engine.get(iid).version if rng.random() < 0.5 else None
             try:
-                engine.fire(iid, trigger, actor=actor)
+                engine.fire(iid, trigger, actor=actor, expected_version=expected)
             except ConcurrencyConflict as exc:
                 refused["conflict"] += 1
                 if exc.instance_id != iid or not str(exc):

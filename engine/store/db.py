@@ -45,9 +45,9 @@ def create_db_engine(url: str, **kwargs: Any) -> sa.Engine:
             # reads (marked by the engine) take no write lock; writes queue for it up front
             deferred = conn.get_execution_options().get("sangkien_read_only", False)
             # straight to the driver: this runs once per transaction, on the hot path
-            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                "BEGIN" if deferred else "BEGIN IMMEDIATE"
-            )
+            driver: Any = conn.connection.driver_connection
+            if not driver.in_transaction:  # a Writer began it already
+                driver.execute("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

@@ -10,13 +10,16 @@ transaction, the schema still owned by the models and Alembic (a test keeps them
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["HotPath"]
+from sangkien.store.writer import PENDING, Pending
+
+__all__ = ["DeadlineWrites", "HotPath"]
 
 _INSTANCE_COLUMNS = (
     "id",
@@ -55,6 +58,9 @@ _EVENT_COLUMNS = (
 )
 
 
+CONFLICT_MARK = "sangkien-conflict:"
+
+
 def _sqlite_dt_out(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
 
@@ -88,7 +94,7 @@ class HotPath:
             self._p: Callable[[str], str] = lambda name: "?"
             self.dt_out: Callable[[datetime], Any] = _sqlite_dt_out
             self.dt_in: Callable[[Any], datetime] = _sqlite_dt_in
-            self.json_out: Callable[[Any], Any] = lambda v: json.dumps(v, ensure_ascii=False)
+            self.json_out: Callable[[Any], Any] = json.JSONEncoder(ensure_ascii=False).encode
             self.json_in: Callable[[Any], Any] = _sqlite_json_in
             self.positional = True
         else:
@@ -121,6 +127,18 @@ class HotPath:
         self.insert_sql = (
             f"INSERT INTO sk_events ({ev_cols}) VALUES ({', '.join(p(c) for c in _EVENT_COLUMNS)})"
         )
+        self.postgres = dialect == "postgresql"
+        self._getters: dict[tuple[str, ...], Callable[[Mapping[str, Any]], Any]] = {}
+        # PostgreSQL, statements queued until COMMIT (see store.writer): the row is read
+        # FOR UPDATE, so the version cannot move before the write; should it ever, the
+        # update fails with a marked error instead of matching nothing, because nothing
+        # after it in the same message may run.
+        self.select_locked_sql = self.select_sql + " FOR UPDATE"
+        self.update_queued_sql = self.update_sql.replace(
+            f"version = {p('new_version')}",
+            f"version = CASE WHEN version = {p('version')} THEN {p('new_version')} ELSE "
+            f"('{CONFLICT_MARK} ' || id)::int END",
+        ).replace(f" AND version = {p('version')}", "")
         self._update_order = (
             "state",
             "entered",
@@ -136,21 +154,50 @@ class HotPath:
 
     def _params(self, order: tuple[str, ...], values: Mapping[str, Any]) -> Any:
         if self.positional:
-            return tuple(values[k] for k in order)
+            getter = self._getters.get(order)
+            if getter is None:
+                getter = self._getters[order] = operator.itemgetter(*order)
+            got = getter(values)
+            return got if len(order) > 1 else (got,)
         return values
 
     @staticmethod
     def cursor(conn: sa.Connection) -> Any:
         return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
-    def load(self, conn: sa.Connection, instance_id: str) -> dict[str, Any] | None:
-        """The instance row as a dict of Python values, or None."""
+    def pending(self, conn: sa.Connection) -> Pending | None:
+        """The queue of the connection's transaction, if it runs in a Writer on PostgreSQL."""
+        if not self.postgres:
+            return None
+        found: Pending | None = conn.info.get(PENDING)
+        return found
+
+    def run(self, conn: sa.Connection, sql: str, params: Any) -> None:
+        """Execute a write whose result is not needed (queued if the transaction queues)."""
+        pending = self.pending(conn)
+        if pending is not None:
+            pending.run(sql, params)
+            return
         cur = self.cursor(conn)
         try:
-            cur.execute(self.select_sql, (instance_id,) if self.positional else {"id": instance_id})
-            row = cur.fetchone()
+            cur.execute(sql, params)
         finally:
             cur.close()
+
+    def load(self, conn: sa.Connection, instance_id: str) -> dict[str, Any] | None:
+        """The instance row as a dict of Python values, or None."""
+        pending = self.pending(conn)
+        if pending is not None:
+            row = pending.query(self.select_locked_sql, {"id": instance_id}).fetchone()
+        else:
+            cur = self.cursor(conn)
+            try:
+                cur.execute(
+                    self.select_sql, (instance_id,) if self.positional else {"id": instance_id}
+                )
+                row = cur.fetchone()
+            finally:
+                cur.close()
         if row is None:
             return None
         out = dict(zip(_INSTANCE_COLUMNS, row, strict=True))
@@ -163,28 +210,35 @@ class HotPath:
         self, conn: sa.Connection, *, instance: Mapping[str, Any], event: Mapping[str, Any]
     ) -> int:
         """UPDATE the instance under its version lock and INSERT the event; return rowcount."""
+        now = self.dt_out(instance["now"])
+        entered = instance["entered"]
         values = {
             "state": instance["state"],
-            "entered": self.dt_out(instance["entered"]),
+            "entered": now if entered is instance["now"] else self.dt_out(entered),
             "data": self.json_out(instance["data"]),
             "new_version": instance["version"] + 1,
             "seq": instance["seq"],
             "hash": instance["hash"],
-            "now": self.dt_out(instance["now"]),
+            "now": now,
             "entered_seq": instance["entered_seq"],
             "id": instance["id"],
             "version": instance["version"],
         }
+        ev = dict(event)
+        ev["actor_roles"] = self.json_out(list(ev["actor_roles"]))
+        ev["at"] = now if ev["at"] is instance["now"] else self.dt_out(ev["at"])
+        ev["data_delta"] = self.json_out(dict(ev["data_delta"]))
+        ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
+        pending = self.pending(conn)
+        if pending is not None:
+            pending.run(self.update_queued_sql, values)
+            pending.run(self.insert_sql, ev)
+            return 1
         cur = self.cursor(conn)
         try:
             cur.execute(self.update_sql, self._params(self._update_order, values))
             if cur.rowcount != 1:
                 return int(cur.rowcount)
-            ev = dict(event)
-            ev["actor_roles"] = self.json_out(list(ev["actor_roles"]))
-            ev["at"] = self.dt_out(ev["at"])
-            ev["data_delta"] = self.json_out(dict(ev["data_delta"]))
-            ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
             cur.execute(self.insert_sql, self._params(_EVENT_COLUMNS, ev))
             return 1
         finally:
@@ -219,69 +273,121 @@ class DeadlineWrites:
     def __init__(self, hot: HotPath) -> None:
         self.hot = hot
         p = hot._p
+        deadline_values = ", ".join(p(c) for c in _DEADLINE_COLUMNS)
         self.insert_deadline_sql = (
             f"INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
-            f"({', '.join(p(c) for c in _DEADLINE_COLUMNS)}) RETURNING id"
+            f"({deadline_values}) RETURNING id"
         )
         self.insert_timer_sql = (
             f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
             f"({', '.join(p(c) for c in _TIMER_COLUMNS)})"
         )
-        self.close_sql = (
-            f"UPDATE sk_deadlines SET status = 'closed', closed_at = {p('now')} "
-            f"WHERE instance_id = {p('instance_id')} AND kind = 'state' AND status = 'active' "
-            "RETURNING id"
+        # PostgreSQL: the deadline and its timers in one statement (no id comes back)
+        self.insert_deadline_timers_sql = (
+            f"WITH d AS (INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
+            f"({deadline_values}) RETURNING id) "
+            f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) "
+            "SELECT d.id, %(instance_id)s::text, t.kind, t.step, t.fire_at, 'pending' "
+            "FROM d, (VALUES {timers}) AS t(kind, step, fire_at)"
         )
+        if hot.postgres:
+            self.close_sql = (
+                "WITH closed AS (UPDATE sk_deadlines SET status = 'closed', closed_at = "
+                "%(now)s WHERE instance_id = %(instance_id)s AND kind = 'state' AND "
+                "status = 'active' RETURNING id) UPDATE sk_timers SET status = 'cancelled', "
+                "note = %(note)s FROM closed WHERE sk_timers.deadline_id = closed.id AND "
+                "sk_timers.status = 'pending'"
+            )
+        else:
+            self.cancel_open_sql = (
+                "UPDATE sk_timers SET status = 'cancelled', note = ? WHERE status = 'pending' "
+                "AND deadline_id IN (SELECT id FROM sk_deadlines WHERE instance_id = ? AND "
+                "kind = 'state' AND status = 'active')"
+            )
+            self.close_sql = (
+                "UPDATE sk_deadlines SET status = 'closed', closed_at = ? "
+                "WHERE instance_id = ? AND kind = 'state' AND status = 'active'"
+            )
         self.cancel_sql = (
             f"UPDATE sk_timers SET status = 'cancelled', note = {p('note')} "
             f"WHERE deadline_id = {p('deadline_id')} AND status = 'pending'"
         )
 
-    def insert_deadline(self, conn: sa.Connection, values: Mapping[str, Any]) -> int:
+    def insert_deadline(
+        self,
+        conn: sa.Connection,
+        values: Mapping[str, Any],
+        timers: list[tuple[str, int, datetime]],
+    ) -> None:
+        """Insert a deadline and its timers (kind, step, fire_at)."""
         h = self.hot
         v = dict(values)
         for k in ("anchor_at", "base_due_at", "due_at", "paused_at", "created_at"):
             if v[k] is not None:
                 v[k] = h.dt_out(v[k])
         v["shifts"] = h.json_out(list(v["shifts"]))
+        if h.postgres and timers:
+            rows = []
+            for i, (kind, step, at) in enumerate(timers):
+                v[f"k{i}"], v[f"s{i}"], v[f"a{i}"] = kind, step, at
+                rows.append(f"(%(k{i})s::text, %(s{i})s::int, %(a{i})s::timestamptz)")
+            h.run(conn, self.insert_deadline_timers_sql.format(timers=", ".join(rows)), v)
+            return
         cur = h.cursor(conn)
         try:
             cur.execute(self.insert_deadline_sql, h._params(_DEADLINE_COLUMNS, v))
-            return int(cur.fetchone()[0])
+            did = int(cur.fetchone()[0])
         finally:
             cur.close()
+        self.insert_timers(
+            conn,
+            [
+                {
+                    "deadline_id": did,
+                    "instance_id": v["instance_id"],
+                    "kind": kind,
+                    "step": step,
+                    "fire_at": at,
+                    "status": "pending",
+                }
+                for kind, step, at in timers
+            ],
+        )
 
     def insert_timers(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         h = self.hot
         params = [h._params(_TIMER_COLUMNS, {**r, "fire_at": h.dt_out(r["fire_at"])}) for r in rows]
+        pending = h.pending(conn)
+        if pending is not None:
+            for one in params:
+                pending.run(self.insert_timer_sql, one)
+            return
+        if not params:
+            return
         cur = h.cursor(conn)
         try:
             cur.executemany(self.insert_timer_sql, params)
         finally:
             cur.close()
 
-    def close_state(self, conn: sa.Connection, instance_id: str, now: datetime) -> list[int]:
+    def close_state(self, conn: sa.Connection, instance_id: str, now: datetime, note: str) -> None:
+        """Close the instance's open state deadline and cancel its pending timers."""
         h = self.hot
+        if h.postgres:
+            h.run(conn, self.close_sql, {"now": now, "instance_id": instance_id, "note": note})
+            return
         cur = h.cursor(conn)
         try:
-            cur.execute(
-                self.close_sql,
-                h._params(
-                    ("now", "instance_id"), {"now": h.dt_out(now), "instance_id": instance_id}
-                ),
-            )
-            return [int(r[0]) for r in cur.fetchall()]
+            cur.execute(self.cancel_open_sql, (note, instance_id))
+            cur.execute(self.close_sql, (h.dt_out(now), instance_id))
         finally:
             cur.close()
 
     def cancel_timers(self, conn: sa.Connection, deadline_ids: list[int], note: str) -> None:
         h = self.hot
-        cur = h.cursor(conn)
-        try:
-            for did in deadline_ids:
-                cur.execute(
-                    self.cancel_sql,
-                    h._params(("note", "deadline_id"), {"note": note, "deadline_id": did}),
-                )
-        finally:
-            cur.close()
+        for did in deadline_ids:
+            h.run(
+                conn,
+                self.cancel_sql,
+                h._params(("note", "deadline_id"), {"note": note, "deadline_id": did}),
+            )
