@@ -16,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -348,11 +349,11 @@ class Definition:
     def initial_state(self) -> str:
         return next(name for name, s in self.model.states.items() if s.initial)
 
-    @property
+    @cached_property
     def has_deadlines(self) -> bool:
         return bool(self.model.clocks) or any(s.deadline for s in self.model.states.values())
 
-    @property
+    @cached_property
     def starter_roles(self) -> frozenset[str]:
         return frozenset(n for n, r in self.model.role_specs.items() if r.holder == "starter")
 

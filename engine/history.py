@@ -13,6 +13,11 @@ __all__ = ["GENESIS", "ChainBreak", "event_hash", "verify_chain"]
 
 GENESIS = "0" * 64
 
+# one encoder, built once: json.dumps with options builds a new one per call
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+).encode
+
 
 def event_hash(
     *,
@@ -32,7 +37,7 @@ def event_hash(
     detail: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the SHA-256 of the event's canonical JSON, chained to *prev_hash*."""
-    body = json.dumps(
+    body = _CANONICAL(
         [
             prev_hash,
             instance_id,
@@ -48,11 +53,7 @@ def event_hash(
             data_delta,
             comment,
             detail,
-        ],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,
+        ]
     )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 

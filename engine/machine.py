@@ -1,8 +1,14 @@
 """One ``transitions`` machine per workflow version, shared by every instance.
 
-Instances are never added to the machine: a tiny state holder is dispatched against it with
-``machine.events[trigger].trigger(holder, ctx=...)``. Building a Machine per instance costs
-far more (and leaks models); the graph is the same for all instances of a version.
+The Machine is built once per version (building one per instance costs far more, and leaks
+models). It holds the graph: its events map each (state, trigger) to the transitions that
+may be taken, in file order, each with its condition. Firing resolves the trigger through
+that table and takes the first transition whose condition (the engine's checks: role,
+data, guards) passes, as ``transitions`` does; the engine has no callbacks to run, and
+changing the state is a database write, so the Machine's own state-changing machinery
+(event data, queue, model attribute) is not used on the hot path — it cost more than the
+checks themselves. :meth:`WorkflowMachine.dispatch` runs the Machine's full dispatch on a
+state holder and gives the same answer; a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -60,6 +66,16 @@ class WorkflowMachine:
         for spec in wf.transitions:
             for src in spec.sources:
                 self._from.setdefault(src, []).append(spec)
+        # (state, trigger) -> [(spec, destination)], from the Machine's own event table
+        self._table: dict[tuple[str, str], list[tuple[TransitionSpec, str]]] = {}
+        for trigger, ev in self._machine.events.items():
+            for src, taken in ev.transitions.items():
+                specs = [s for s in self._from.get(src, []) if s.trigger == trigger]
+                assert len(specs) == len(taken), (trigger, src)
+                self._table[(src, trigger)] = [
+                    (spec, tr.dest if tr.dest is not None else src)
+                    for spec, tr in zip(specs, taken, strict=True)
+                ]
 
     def candidates(self, state: str, trigger: str | None = None) -> list[TransitionSpec]:
         """Transitions leaving *state* (for *trigger* only, if given), in file order."""
@@ -67,11 +83,18 @@ class WorkflowMachine:
         return [s for s in specs if trigger is None or s.trigger == trigger]
 
     def fire(self, state: str, trigger: str, ctx: Any) -> str | None:
-        """Dispatch *trigger*; return the new state, or None if every guard refused.
+        """Resolve *trigger*; return the new state, or None if every condition refused.
 
         *ctx* must offer ``check(spec) -> bool``; the first transition whose check passes
         is taken (file order), exactly as ``transitions`` evaluates conditions.
         """
+        for spec, dest in self._table.get((state, trigger), ()):
+            if ctx.check(spec):
+                return dest
+        return None
+
+    def dispatch(self, state: str, trigger: str, ctx: Any) -> str | None:
+        """:meth:`fire` through the Machine's own event dispatch (same answer, slower)."""
         holder = StateHolder(state)
         try:
             done = self._machine.events[trigger].trigger(holder, ctx=ctx)
