@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from sangkien import Actor, Engine, FrozenClock, StoreError
+from sangkien import Actor, Engine, FrozenClock
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine
 

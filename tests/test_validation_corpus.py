@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sangkien.definition import load_definition, parse_definition
 from sangkien.errors import DefinitionError, Problem
 

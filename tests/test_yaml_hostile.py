@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sangkien._yaml import MAX_BYTES, MAX_NODES, load_yaml
 from sangkien.definition import parse_definition
 from sangkien.errors import DefinitionError, Problem
