@@ -26,6 +26,7 @@ Errors (both are :class:`~sangkien.errors.SangkienError` and :class:`ValueError`
 from __future__ import annotations
 
 import calendar as _stdcal
+import functools
 import hashlib
 import json
 import re
@@ -183,6 +184,11 @@ def parse_duration(text: str | Duration) -> Duration:
         return text
     if not isinstance(text, str):
         raise _bad(text, f"expected text, got {type(text).__name__}")
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=1024)  # workflows repeat a handful of period texts
+def _parse_text(text: str) -> Duration:
     raw = unicodedata.normalize("NFC", text).strip()
     if not raw:
         raise _bad(text, "it is empty")

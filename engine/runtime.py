@@ -1106,7 +1106,7 @@ class Engine:
                 entered=entered,
                 entry_seq=new.entered_seq,
                 now=now,
-                scope=ctx.scope_after(new),
+                scope=_LazyScope(lambda: ctx.scope_after(new)),
                 changed=list(ctx.delta),
             )
         state_notify = definition.model.states[new_state].notify if entered else []
@@ -1546,6 +1546,30 @@ def _event(row: Any) -> Event:
         row.hash,
         dict(row.detail) if row.detail is not None else None,
     )
+
+
+class _LazyScope(Mapping[str, Any]):
+    """An expression scope built on first use (most deadlines never read one)."""
+
+    __slots__ = ("_build", "_scope")
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build = build
+        self._scope: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._scope is None:
+            self._scope = self._build()
+        return self._scope
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 @dataclass(slots=True)
