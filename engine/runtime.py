@@ -66,7 +66,6 @@ log = structlog.get_logger("sangkien")
 
 _READ = {"sangkien_read_only": True}
 _T = TypeVar("_T")
-_KEEP = 4  # write connections an Engine keeps between transactions
 
 
 _id_lock = threading.Lock()
@@ -111,6 +110,10 @@ class Engine:
 
     *migrate* applies the schema migrations on start; it defaults to on for SQLite (the
     embedded default) and off elsewhere, where ``sangkien db upgrade`` is run on deploy.
+
+    Write transactions run on up to *keep_connections* connections kept checked out of
+    the pool between transactions (0: check one out per transaction); ``close()`` and the
+    pool's ``dispose()`` return them.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Engine:
         channels: Iterable[str] = ("log",),
         link_pattern: str = "",
         subscribers: Iterable[Any] = (),
+        keep_connections: int = 4,
     ) -> None:
         self._conn: sa.Connection | None = None
         self.lang = lang
@@ -155,11 +159,15 @@ class Engine:
         else:
             self._db = database
         self._hot = HotPath(self._db.dialect.name)
-        # connections kept between write transactions, for engines made here (a host's
-        # engine keeps its pool to itself)
+        # write transactions on connections kept between them (see store.writer); not on
+        # a host's Connection, whose transaction is the host's
         self._writer: Writer | None = None
-        if self._owns_engine and self._db.url.database not in (None, "", ":memory:"):
-            self._writer = Writer(self._db, keep=_KEEP)
+        if (
+            self._conn is None
+            and keep_connections > 0
+            and self._db.url.database not in (None, "", ":memory:")
+        ):
+            self._writer = Writer(self._db, keep=keep_connections)
         self._scheduler = Scheduler(self)
         self.clock: Clock = clock or SystemClock()
         self.units: UnitTree = units or directory or FlatUnits()
