@@ -16,15 +16,22 @@ HERE = Path(__file__).resolve().parent
 LEAVE = HERE / "workflows" / "cli_leave.yaml"
 
 
-def run(*args: str, db: str | None = None, cwd: Path | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, db: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SANGKIEN_")}
     full_env["SANGKIEN_LOG_FORMAT"] = "json"
     if db:
         full_env["SANGKIEN_DATABASE_URL"] = db
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "sangkien", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sangkien", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
@@ -37,8 +44,20 @@ def db(tmp_path: Path) -> str:
 
 
 def _start(db: str) -> dict:
-    proc = run("start", str(LEAVE), "--actor", "u1", "--role", "employee", "--unit", "hr",
-               "--set", "days=3", "--json", db=db)
+    proc = run(
+        "start",
+        str(LEAVE),
+        "--actor",
+        "u1",
+        "--role",
+        "employee",
+        "--unit",
+        "hr",
+        "--set",
+        "days=3",
+        "--json",
+        db=db,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -47,8 +66,19 @@ def test_start_fire_show_history_json(db: str) -> None:
     """An instance runs end to end through the CLI with --json output."""
     inst = _start(db)
     assert inst["state"] == "requested" and inst["data"] == {"days": 3} and inst["version"] == 1
-    proc = run("fire", inst["id"], "approve", "--actor", "m1", "--role", "manager",
-               "--unit", "hr", "--json", db=db)
+    proc = run(
+        "fire",
+        inst["id"],
+        "approve",
+        "--actor",
+        "m1",
+        "--role",
+        "manager",
+        "--unit",
+        "hr",
+        "--json",
+        db=db,
+    )
     assert proc.returncode == 0, proc.stderr
     after = json.loads(proc.stdout)
     assert after["state"] == "approved" and after["version"] == 2
@@ -64,8 +94,9 @@ def test_start_fire_show_history_json(db: str) -> None:
 def test_refused_fire_exits_1_with_one_line(db: str) -> None:
     """A refused trigger exits 1 and says, in one line, which rule refused it."""
     inst = _start(db)
-    proc = run("fire", inst["id"], "approve", "--actor", "u1", "--role", "employee",
-               "--unit", "hr", db=db)
+    proc = run(
+        "fire", inst["id"], "approve", "--actor", "u1", "--role", "employee", "--unit", "hr", db=db
+    )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -76,8 +107,18 @@ def test_refused_fire_exits_1_with_one_line(db: str) -> None:
 def test_triggers_lists_reasons(db: str) -> None:
     """`triggers` shows what the actor may fire and why the rest is refused."""
     inst = _start(db)
-    proc = run("triggers", inst["id"], "--actor", "u1", "--role", "employee", "--unit", "hr",
-               "--json", db=db)
+    proc = run(
+        "triggers",
+        inst["id"],
+        "--actor",
+        "u1",
+        "--role",
+        "employee",
+        "--unit",
+        "hr",
+        "--json",
+        db=db,
+    )
     options = {o["trigger"]: o for o in json.loads(proc.stdout)}
     assert options["approve"]["allowed"] is False
     assert "role manager required" in options["approve"]["reasons"][0]
@@ -120,8 +161,19 @@ def test_database_url_option_beats_environment(tmp_path: Path) -> None:
 
 def test_default_database_is_sqlite_file_in_cwd(tmp_path: Path) -> None:
     """Without settings the CLI uses sqlite:///sangkien.db in the working directory."""
-    proc = run("start", str(LEAVE), "--actor", "u1", "--role", "employee", "--unit", "hr",
-               "--set", "days=2", cwd=tmp_path)
+    proc = run(
+        "start",
+        str(LEAVE),
+        "--actor",
+        "u1",
+        "--role",
+        "employee",
+        "--unit",
+        "hr",
+        "--set",
+        "days=2",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "sangkien.db").exists()
 
@@ -131,14 +183,37 @@ def test_changed_workflow_without_version_bump_is_refused(db: str, tmp_path: Pat
     _start(db)
     changed = tmp_path / "leave.yaml"
     changed.write_text(LEAVE.read_text().replace("max: 30", "max: 40"), encoding="utf-8")
-    proc = run("start", str(changed), "--actor", "u1", "--role", "employee", "--unit", "hr",
-               "--set", "days=3", db=db)
+    proc = run(
+        "start",
+        str(changed),
+        "--actor",
+        "u1",
+        "--role",
+        "employee",
+        "--unit",
+        "hr",
+        "--set",
+        "days=3",
+        db=db,
+    )
     assert proc.returncode == 1
     assert "bump 'version'" in proc.stderr
     bumped = tmp_path / "leave2.yaml"
     bumped.write_text(changed.read_text().replace("version: 1", "version: 2"), encoding="utf-8")
-    proc = run("start", str(bumped), "--actor", "u1", "--role", "employee", "--unit", "hr",
-               "--set", "days=35", "--json", db=db)
+    proc = run(
+        "start",
+        str(bumped),
+        "--actor",
+        "u1",
+        "--role",
+        "employee",
+        "--unit",
+        "hr",
+        "--set",
+        "days=35",
+        "--json",
+        db=db,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["workflow_version"] == 2
 
@@ -185,13 +260,18 @@ def test_db_upgrade_and_current(db: str) -> None:
 def test_transition_logged_as_one_json_line(db: str) -> None:
     """Each transition writes one JSON log line with ids, states, actor and duration."""
     inst = _start(db)
-    proc = run("fire", inst["id"], "approve", "--actor", "m1", "--role", "manager",
-               "--unit", "hr", db=db)
+    proc = run(
+        "fire", inst["id"], "approve", "--actor", "m1", "--role", "manager", "--unit", "hr", db=db
+    )
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     transitions = [x for x in lines if x["event"] == "transition"]
     assert len(transitions) == 1
     t = transitions[0]
     assert t["instance_id"] == inst["id"] and t["workflow"] == "leave"
     assert (t["trigger"], t["from_state"], t["to_state"], t["actor"]) == (
-        "approve", "requested", "approved", "m1")
+        "approve",
+        "requested",
+        "approved",
+        "m1",
+    )
     assert t["duration_ms"] >= 0

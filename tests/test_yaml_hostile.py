@@ -90,15 +90,30 @@ def test_python_object_apply_tag_is_refused_without_running_it(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("source", "tag", "line", "col"),
     [
-        pytest.param("workflow: a\nversion: !!python/name:os.system\n", "!!python/name:os.system",
-                     2, 10, id="python-name"),
-        pytest.param("workflow: a\nstates:\n  x: !!python/object:os.system {a: 1}\n",
-                     "python/object:os.system", 3, 6, id="python-object-mapping"),
+        pytest.param(
+            "workflow: a\nversion: !!python/name:os.system\n",
+            "!!python/name:os.system",
+            2,
+            10,
+            id="python-name",
+        ),
+        pytest.param(
+            "workflow: a\nstates:\n  x: !!python/object:os.system {a: 1}\n",
+            "python/object:os.system",
+            3,
+            6,
+            id="python-object-mapping",
+        ),
         pytest.param("workflow: !foo initiative\n", "!foo", 1, 11, id="custom-scalar"),
         pytest.param("workflow: a\nroles: !foo [author]\n", "!foo", 2, 8, id="custom-sequence"),
         pytest.param("!foo\nworkflow: a\n", "!foo", 1, 1, id="custom-on-document"),
-        pytest.param("workflow: !<tag:example.com,2000:x> a\n", "tag:example.com,2000:x",
-                     1, 11, id="verbatim"),
+        pytest.param(
+            "workflow: !<tag:example.com,2000:x> a\n",
+            "tag:example.com,2000:x",
+            1,
+            11,
+            id="verbatim",
+        ),
         pytest.param("workflow: !!binary aGk=\n", "!!binary", 1, 11, id="binary"),
         pytest.param("roles: !!set {a, b}\n", "set", 1, 8, id="set"),
     ],
@@ -244,8 +259,10 @@ def test_control_character_position_and_one_line_message() -> None:
         pytest.param("[" * 10000 + "]" * 10000, id="closed-flow-sequences"),
         pytest.param("{a: " * 10000 + "}" * 10000, id="flow-mappings"),
         pytest.param("- " * 5000 + "x\n", id="block-sequences"),
-        pytest.param("workflow: a\nfields:\n  x: {type: list, default: " + "[" * 10000 + "]" * 10000
-                     + "}\n", id="inside-a-field-default"),
+        pytest.param(
+            "workflow: a\nfields:\n  x: {type: list, default: " + "[" * 10000 + "]" * 10000 + "}\n",
+            id="inside-a-field-default",
+        ),
     ],
 )
 def test_deep_nesting_is_a_definition_error(source: str) -> None:
@@ -260,7 +277,9 @@ def test_moderately_deep_default_is_a_definition_error() -> None:
     source = VALID.replace(
         "  score: {type: number, min: 0, max: 100}",
         "  score: {type: number, min: 0, max: 100}\n  extra: {type: list, default: "
-        + "[" * depth + "]" * depth + "}",
+        + "[" * depth
+        + "]" * depth
+        + "}",
     )
     _first(source)
 
@@ -268,8 +287,26 @@ def test_moderately_deep_default_is_a_definition_error() -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 _YAML_PIECES = st.sampled_from(
-    [*":-[]{},&*!|>#'\"\n \t?%@`.\\", "data.", "workflow", "states", "initial", "true", "&&",
-     "(", ")", "  ", "\n  ", "\n    ", "x", "1", "<<", "!!python/name:os.system", "&a", "*a"]
+    [
+        *":-[]{},&*!|>#'\"\n \t?%@`.\\",
+        "data.",
+        "workflow",
+        "states",
+        "initial",
+        "true",
+        "&&",
+        "(",
+        ")",
+        "  ",
+        "\n  ",
+        "\n    ",
+        "x",
+        "1",
+        "<<",
+        "!!python/name:os.system",
+        "&a",
+        "*a",
+    ]
 )
 _YAMLISH = st.lists(_YAML_PIECES, max_size=60).map("".join)
 
@@ -301,4 +338,4 @@ def test_mangled_workflow_only_raises_definition_error(
     start: int, length: int, insert: str
 ) -> None:
     """A valid workflow with a slice replaced by YAML-like junk loads or raises DefinitionError."""
-    _only_definition_errors(VALID[:start] + insert + VALID[start + length:])
+    _only_definition_errors(VALID[:start] + insert + VALID[start + length :])
