@@ -4,6 +4,11 @@ A token carries ``sub`` (the actor id), ``roles`` (a list) and ``unit`` (one uni
 ``units`` (several; the ``X-Sangkien-Unit`` header picks one, default the first). An API key
 is looked up by its SHA-256 digest in the keys file and stands for a fixed actor.
 
+A token that verified is remembered (a bounded map keyed by the token itself) so that the
+next request carrying it skips the signature check; its ``exp``, ``nbf`` and ``iat`` are
+still checked on every request, and it is checked in full again after
+``VERIFIED_TOKEN_SECONDS`` (the lifetime of a fetched JWKS). Only valid tokens are kept.
+
 Missing or bad credentials are a 401 with ``WWW-Authenticate``; a unit the caller does not
 hold is a 403. What the actor may do is the engine's business (roles, units, guards).
 """
@@ -12,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +32,23 @@ from sangkien.api.problems import ApiError
 from sangkien.api.settings import ApiSettings
 from sangkien.model import Actor
 
-__all__ = ["ApiKey", "Authenticator", "Principal", "hash_api_key", "load_api_keys"]
+__all__ = [
+    "ApiKey",
+    "Authenticator",
+    "Principal",
+    "WouldBlock",
+    "hash_api_key",
+    "load_api_keys",
+]
 
 log = structlog.get_logger("sangkien.api")
 
 UNIT_HEADER = "X-Sangkien-Unit"
 API_KEY_HEADER = "X-API-Key"
 REALM = 'Bearer realm="sangkien"'
+
+VERIFIED_TOKENS = 1024  # tokens remembered as verified (the oldest is dropped first)
+VERIFIED_TOKEN_SECONDS = 300.0  # a remembered token is verified in full again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +68,22 @@ class Principal:
     actor: Actor
     method: str
     units: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """What a verified token says, and until when that verdict may be reused."""
+
+    sub: str
+    roles: tuple[str, ...]
+    units: tuple[str, ...]
+    exp: float
+    not_before: float | None  # the later of nbf and iat, if the token has either
+    recheck_at: float
+
+
+class WouldBlock(Exception):
+    """Verifying this token needs the identity provider's key set over the network."""
 
 
 def hash_api_key(key: str) -> str:
@@ -122,8 +155,20 @@ def _unauthorized(detail: str, *, invalid: bool = True) -> ApiError:
 class Authenticator:
     """Checks the credentials of one request against the configured keys."""
 
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        max_verified: int = VERIFIED_TOKENS,
+        verified_seconds: float = VERIFIED_TOKEN_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
+        self._max_verified = max_verified
+        self._verified_seconds = verified_seconds
+        self._clock = clock  # the clock PyJWT reads (seconds since the epoch)
+        self._verified: dict[str, _Verified] = {}
+        self._verified_lock = threading.Lock()
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self._jwks: jwt.PyJWKSet | None = None
         if settings.jwt_jwks_file is not None:
@@ -146,14 +191,30 @@ class Authenticator:
     # -- entry point
 
     def authenticate(self, request: Request) -> Principal:
-        """Return the caller, or raise a 401/403 :class:`ApiError`."""
-        header = request.headers.get("authorization")
-        api_key = request.headers.get(API_KEY_HEADER)
+        """Return the caller, or raise a 401/403 :class:`ApiError`.
+
+        May wait for the identity provider's key set (``jwt_jwks_url``): call it from a
+        worker thread, or try :meth:`authenticate_nowait` first.
+        """
+        return self._authenticate(request, may_block=True)
+
+    def authenticate_nowait(self, request: Request) -> Principal:
+        """:meth:`authenticate` without network I/O (pure CPU: fit for the event loop).
+
+        Raises :class:`WouldBlock` when the token can only be verified with a key that
+        must first be fetched from ``jwt_jwks_url``.
+        """
+        return self._authenticate(request, may_block=False)
+
+    def _authenticate(self, request: Request, *, may_block: bool) -> Principal:
+        headers = request.headers
+        header = headers.get("authorization")
+        api_key = headers.get(API_KEY_HEADER)
         if header:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise _unauthorized("the Authorization header must be 'Bearer <token>'")
-            roles, units, sub = self._claims(token.strip())
+            roles, units, sub = self._claims(token.strip(), may_block=may_block)
             method = "jwt"
         elif api_key:
             found = self._api_keys.get(hash_api_key(api_key))
@@ -166,12 +227,26 @@ class Authenticator:
                 "credentials required: send 'Authorization: Bearer <token>' or 'X-API-Key'",
                 invalid=False,
             )
-        unit = self._pick_unit(units, request.headers.get(UNIT_HEADER))
+        unit = self._pick_unit(units, headers.get(UNIT_HEADER))
         return Principal(Actor(sub, roles, unit), method, units)
 
     # -- tokens
 
-    def _claims(self, token: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    def _claims(
+        self, token: str, *, may_block: bool = True
+    ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+        known = self._verified.get(token)
+        if known is not None:
+            now = self._clock()
+            leeway = self.settings.jwt_leeway
+            if known.exp <= now - leeway:
+                self._forget(token)
+                raise _unauthorized("the token has expired")
+            if now < known.recheck_at and (
+                known.not_before is None or known.not_before <= now + leeway
+            ):
+                return known.roles, known.units, known.sub
+            self._forget(token)  # verify it in full again: the verdict may have changed
         if not self.algorithms:
             raise _unauthorized("this server accepts no bearer tokens (none configured)")
         try:
@@ -182,7 +257,7 @@ class Authenticator:
         if not isinstance(alg, str) or alg.upper() not in self.algorithms:
             allowed = ", ".join(sorted(self.algorithms))
             raise _unauthorized(f"token algorithm {alg!r} is not accepted (accepted: {allowed})")
-        key = self._key_for(token, alg, header)
+        key = self._key_for(token, alg, header, may_block=may_block)
         s = self.settings
         try:
             claims = jwt.decode(
@@ -214,9 +289,38 @@ class Authenticator:
             units = _str_list(claims.get("units", claims.get("unit")), "the 'unit' claim")
         except ValueError as exc:
             raise _unauthorized(str(exc)) from None
+        self._remember(token, _Verified(sub, roles, units, *self._times(claims)))
         return roles, units, sub
 
-    def _key_for(self, token: str, alg: str, header: Mapping[str, Any]) -> Any:
+    def _times(self, claims: Mapping[str, Any]) -> tuple[float, float | None, float]:
+        """exp, the later of nbf and iat (if any), and when to verify the token in full again.
+
+        PyJWT has checked them (``exp`` is required) and read them as integers.
+        """
+        starts = [int(claims[c]) for c in ("nbf", "iat") if c in claims]
+        return (
+            int(claims["exp"]),
+            max(starts) if starts else None,
+            self._clock() + self._verified_seconds,
+        )
+
+    def _remember(self, token: str, verdict: _Verified) -> None:
+        if self._max_verified <= 0:
+            return
+        with self._verified_lock:
+            cache = self._verified
+            cache.pop(token, None)
+            while len(cache) >= self._max_verified:
+                del cache[next(iter(cache))]  # the oldest
+            cache[token] = verdict
+
+    def _forget(self, token: str) -> None:
+        with self._verified_lock:
+            self._verified.pop(token, None)
+
+    def _key_for(
+        self, token: str, alg: str, header: Mapping[str, Any], *, may_block: bool = True
+    ) -> Any:
         if alg.upper().startswith("HS"):
             return self._secret
         kid = header.get("kid")
@@ -231,6 +335,8 @@ class Authenticator:
             if self._jwks_client is None:
                 raise _unauthorized(f"no key {kid!r} in the configured JWKS")
         assert self._jwks_client is not None
+        if not may_block:
+            raise WouldBlock
         try:
             return self._jwks_client.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
