@@ -2,14 +2,18 @@
 
 import base64
 import binascii
+import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from sangkien.api.context import REPLAYED_HEADER, ApiContext, idempotency_header
-from sangkien.api.problems import ApiError
+from sangkien.api.idempotency import IDEMPOTENCY_HEADER
+from sangkien.api.problems import ApiError, fast_route
 from sangkien.api.schemas import (
     DeadlineOut,
     EventOut,
@@ -31,7 +35,9 @@ from sangkien.model import Actor, Instance
 __all__ = ["instances_router"]
 
 _CURSOR_PREFIX = "v1:"
-InstanceId = Annotated[str, Path(min_length=1, max_length=64, description="Instance id.")]
+_MAX_ID = 64
+_MAX_KEY = 255  # the Idempotency-Key header's max_length
+InstanceId = Annotated[str, Path(min_length=1, max_length=_MAX_ID, description="Instance id.")]
 
 
 def encode_cursor(last_id: str) -> str:
@@ -59,8 +65,17 @@ def _replayed(inst: Instance) -> dict[str, str] | None:
     return {REPLAYED_HEADER: "true"} if inst.replayed else None
 
 
-def instances_router(ctx: ApiContext) -> APIRouter:
-    """The instance routes of one API."""
+def _overridden(request: Request) -> bool:
+    """Whether the app replaces dependencies (tests do): then FastAPI must solve them."""
+    return bool(getattr(request.scope.get("app"), "dependency_overrides", None))
+
+
+def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
+    """The instance routes of one API.
+
+    With *fast*, ordinary fires skip FastAPI's dependency solving (see ``fire_fast``): only
+    for an app that adds no dependencies of its own to these routes, as :func:`create_app`.
+    """
     router = APIRouter(prefix="/v1/instances", tags=["instances"], route_class=ctx.route_class)
     engine = ctx.engine
     metrics = ctx.metrics
@@ -91,7 +106,7 @@ def instances_router(ctx: ApiContext) -> APIRouter:
         body: StartRequest,
         actor: Annotated[Actor, actor_dep],
         idempotency_key: Annotated[str | None, idempotency_header()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         """Start an instance of a workflow in a unit (default: the caller's)."""
         try:
             inst = engine.start(
@@ -110,7 +125,7 @@ def instances_router(ctx: ApiContext) -> APIRouter:
             raise
         if not inst.replayed:
             metrics.started.labels(workflow=inst.workflow).inc()
-        return ctx.json(InstanceOut.of(inst), 201, _replayed(inst))
+        return ctx.model_json(InstanceOut.of(inst), 201, _replayed(inst))
 
     @router.get("", response_model=InstancePage, summary="List instances")
     def list_instances(
@@ -158,23 +173,9 @@ def instances_router(ctx: ApiContext) -> APIRouter:
         """One instance; outside the caller's units it does not exist (404)."""
         return InstanceOut.of(engine.get(instance_id, actor=actor))
 
-    @router.post(
-        "/{instance_id}/fire",
-        response_model=InstanceOut,
-        summary="Fire a trigger",
-        responses={200: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
-    )
-    def fire(
-        instance_id: InstanceId,
-        body: FireRequest,
-        actor: Annotated[Actor, actor_dep],
-        idempotency_key: Annotated[str | None, idempotency_header()] = None,
-    ) -> JSONResponse:
-        """Fire a trigger as the caller; 403 names the rule that refused it.
-
-        With ``expected_version``, a change since that version is a 409 carrying the
-        instance's ``current_state``.
-        """
+    def apply_fire(
+        instance_id: str, body: FireRequest, actor: Actor, idempotency_key: str | None
+    ) -> Response:
         try:
             inst = engine.fire(
                 instance_id,
@@ -193,7 +194,58 @@ def instances_router(ctx: ApiContext) -> APIRouter:
             raise
         if not inst.replayed:
             metrics.transitions.labels(workflow=inst.workflow, trigger=body.trigger).inc()
-        return ctx.json(InstanceOut.of(inst), 200, _replayed(inst))
+        return ctx.model_json(InstanceOut.of(inst), 200, _replayed(inst))
+
+    def fire(
+        instance_id: InstanceId,
+        body: FireRequest,
+        actor: Annotated[Actor, actor_dep],
+        idempotency_key: Annotated[str | None, idempotency_header()] = None,
+    ) -> Response:
+        """Fire a trigger as the caller; 403 names the rule that refused it.
+
+        With ``expected_version``, a change since that version is a 409 carrying the
+        instance's ``current_state``.
+        """
+        return apply_fire(instance_id, body, actor, idempotency_key)
+
+    async def fire_fast(request: Request) -> Response | None:
+        """An ordinary fire without FastAPI's per-request dependency solving.
+
+        The same steps in the same order as the declared route: the JSON body is parsed,
+        the caller authenticated, then the parameters validated. Anything out of the
+        ordinary returns ``None``: FastAPI then handles the request as declared, so that
+        its errors keep their exact shape.
+        """
+        headers = request.headers
+        if headers.get("content-type") != "application/json" or _overridden(request):
+            return None
+        try:
+            raw = json.loads(await request.body())
+        except ValueError:
+            return None
+        actor = await ctx.caller(request)
+        instance_id = request.path_params.get("instance_id")
+        key = headers.get(IDEMPOTENCY_HEADER)
+        if not isinstance(instance_id, str) or not 1 <= len(instance_id) <= _MAX_ID:
+            return None
+        if key is not None and not 1 <= len(key) <= _MAX_KEY:
+            return None
+        try:
+            body = FireRequest.model_validate(raw)
+        except ValidationError:
+            return None
+        return await run_in_threadpool(apply_fire, instance_id, body, actor, key)
+
+    router.add_api_route(
+        "/{instance_id}/fire",
+        fire,
+        methods=["POST"],
+        response_model=InstanceOut,
+        summary="Fire a trigger",
+        responses={200: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
+        route_class_override=fast_route(ctx.route_class, fire_fast) if fast else None,
+    )
 
     @router.get(
         "/{instance_id}/triggers", response_model=list[TriggerOut], summary="Available triggers"
