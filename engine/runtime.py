@@ -56,8 +56,8 @@ from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine, ensure_schema
-from sangkien.store.fast import CONFLICT_MARK, HotPath
-from sangkien.store.writer import StaleConnection, Writer
+from sangkien.store.fast import HotPath
+from sangkien.store.writer import StaleConnection, StaleRead, Writer
 from sangkien.units import FlatUnits, UnitTree
 
 __all__ = ["Engine", "new_id"]
@@ -66,6 +66,7 @@ log = structlog.get_logger("sangkien")
 
 _READ = {"sangkien_read_only": True}
 _T = TypeVar("_T")
+_ATTEMPTS = 4  # a fire read again after a dead kept connection or a concurrent write
 
 
 _id_lock = threading.Lock()
@@ -599,7 +600,9 @@ class Engine:
         """A write transaction: the host's, one on a kept connection, or a pooled one.
 
         With *retryable*, a kept connection found dead on the first statement (nothing
-        sent) raises :class:`StaleConnection` for the caller to run the body again.
+        sent) raises :class:`StaleConnection`, and an instance that moved between its read
+        and its write (nothing written) :class:`StaleRead`, for the caller to run the body
+        again; otherwise they become StoreError and StoreConflict.
         """
         try:
             if self._conn is not None:
@@ -618,6 +621,12 @@ class Engine:
             if retryable:
                 raise
             raise StoreError(f"the database connection was lost: {exc}") from exc
+        except StaleRead as exc:
+            if retryable:
+                raise
+            raise StoreConflict(
+                f"instance {exc.instance_id!r} was changed by another writer; retry"
+            ) from exc
         except sa.exc.SQLAlchemyError as exc:
             raise _store_error(exc) from exc
         except self._dbapi_errors as exc:  # the hot path talks to the driver directly
@@ -1031,9 +1040,9 @@ class Engine:
             "comment": comment,
         }
         read_version = -1
-        for attempt in (1, 2):
+        for attempt in range(_ATTEMPTS):
             try:
-                with self._write(retryable=attempt == 1) as conn:
+                with self._write(retryable=True) as conn:
                     if idempotency_key:
                         replay = self._replay(conn, actor, idempotency_key, request)
                         if replay is not None:
@@ -1050,12 +1059,16 @@ class Engine:
                     if idempotency_key:
                         self._remember(conn, actor, idempotency_key, request, instance, now)
                 break
-            except StaleConnection:  # dead before anything was sent: run it again
+            except StaleConnection as exc:  # dead before anything was sent: run it again
+                if attempt:
+                    raise StoreError(f"the database connection was lost: {exc}") from exc
                 continue
-            except StoreError as exc:
-                if CONFLICT_MARK in str(exc):
-                    raise ConcurrencyConflict(instance_id, read_version, None) from exc
-                raise
+            except StaleRead as exc:  # another writer got there between read and write
+                if expected_version is not None:  # the caller pinned the version it saw
+                    raise ConcurrencyConflict(instance_id, expected_version, None) from exc
+                continue  # check the trigger again against what the other writer left
+        else:
+            raise ConcurrencyConflict(instance_id, read_version, None)
         log.info(
             "transition",
             instance_id=instance_id,

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sangkien.store.writer import PENDING, Pending
+from sangkien.store.writer import PENDING, Pending, StaleRead
 
 __all__ = ["DeadlineWrites", "HotPath"]
 
@@ -58,7 +58,111 @@ _EVENT_COLUMNS = (
 )
 
 
-CONFLICT_MARK = "sangkien-conflict:"
+# PostgreSQL types of the columns written through INSERT ... SELECT (where a parameter
+# psycopg sends untyped — a str, None — needs its type spelled out)
+_PG_TYPES = {
+    "instance_id": "text",
+    "seq": "int",
+    "kind": "text",
+    "trigger": "text",
+    "from_state": "text",
+    "to_state": "text",
+    "actor_id": "text",
+    "actor_roles": "jsonb",
+    "actor_unit": "text",
+    "at": "timestamptz",
+    "data_delta": "jsonb",
+    "comment": "text",
+    "detail": "jsonb",
+    "prev_hash": "text",
+    "hash": "text",
+    "name": "text",
+    "entry_seq": "int",
+    "status": "text",
+    "workflow": "text",
+    "unit": "text",
+    "calendar": "text",
+    "anchor_at": "timestamptz",
+    "period": "text",
+    "base_due_at": "timestamptz",
+    "shifts": "jsonb",
+    "due_at": "timestamptz",
+    "paused_at": "timestamptz",
+    "escalations_done": "int",
+    "calendar_fingerprint": "text",
+    "created_at": "timestamptz",
+}
+
+
+def _prefixed(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {prefix + k: v for k, v in values.items()}
+
+
+# a deadline's timers, whatever their number, as three array parameters (one query text)
+_TIMERS_FROM = (
+    "SELECT {d}.id, {d}.instance_id, t.kind, t.step, t.fire_at, 'pending' FROM {d}, "
+    "jsonb_to_recordset(%(t_timers)s::jsonb) AS t(kind text, step int, fire_at timestamptz)"
+)
+_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+_EVENT_OWN = (
+    "kind",
+    "trigger",
+    "from_state",
+    "actor_id",
+    "actor_roles",
+    "actor_unit",
+    "data_delta",
+    "comment",
+    "detail",
+    "prev_hash",
+)
+
+
+class _Statement:
+    """A queued write with no single-statement form: it needs a transaction."""
+
+    __slots__ = ("params", "sql")
+    instance_write = False
+
+    def __init__(self, sql: str, params: Any) -> None:
+        self.sql = sql
+        self.params = params
+
+    def run(self, cursor: Any) -> None:
+        cursor.execute(self.sql, self.params)
+
+    def parts(self, n: int) -> None:
+        return None
+
+
+class _InstanceWrite:
+    """The version-checked instance update and its event (PostgreSQL)."""
+
+    __slots__ = ("event", "hot", "values")
+    instance_write = True
+
+    def __init__(self, hot: HotPath, values: dict[str, Any], event: dict[str, Any]) -> None:
+        self.hot = hot
+        self.values = values
+        self.event = event
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.values["id"])
+
+    def run(self, cursor: Any) -> None:
+        cursor.execute(self.hot.update_sql, self.values)
+        if cursor.rowcount != 1:
+            raise StaleRead(self.instance_id)
+        cursor.execute(self.hot.insert_sql, self.event)
+
+    def parts(self, n: int) -> tuple[list[str], dict[str, Any]]:
+        params = _prefixed(f"u{n}_", self.values)
+        ev = self.event
+        for k in _EVENT_OWN:
+            params[f"e{n}_{k}"] = ev[k]
+        return self.hot.cte_parts(n), params
 
 
 def _sqlite_dt_out(value: datetime) -> str:
@@ -98,12 +202,11 @@ class HotPath:
             self.json_in: Callable[[Any], Any] = _sqlite_json_in
             self.positional = True
         else:
-            from psycopg.types.json import Jsonb
-
             self._p = lambda name: f"%({name})s"
             self.dt_out = _identity
             self.dt_in = _pg_dt_in
-            self.json_out = Jsonb
+            # JSON goes as text the server casts (psycopg's Jsonb wrapper costs 10x more)
+            self.json_out = _JSON
             self.json_in = _identity
             self.positional = False
         p = self._p
@@ -129,16 +232,7 @@ class HotPath:
         )
         self.postgres = dialect == "postgresql"
         self._getters: dict[tuple[str, ...], Callable[[Mapping[str, Any]], Any]] = {}
-        # PostgreSQL, statements queued until COMMIT (see store.writer): the row is read
-        # FOR UPDATE, so the version cannot move before the write; should it ever, the
-        # update fails with a marked error instead of matching nothing, because nothing
-        # after it in the same message may run.
-        self.select_locked_sql = self.select_sql + " FOR UPDATE"
-        self.update_queued_sql = self.update_sql.replace(
-            f"version = {p('new_version')}",
-            f"version = CASE WHEN version = {p('version')} THEN {p('new_version')} ELSE "
-            f"('{CONFLICT_MARK} ' || id)::int END",
-        ).replace(f" AND version = {p('version')}", "")
+        self._cte_parts: dict[int, list[str]] = {}
         self._update_order = (
             "state",
             "entered",
@@ -165,6 +259,28 @@ class HotPath:
     def cursor(conn: sa.Connection) -> Any:
         return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
+    def cte_parts(self, n: int) -> list[str]:
+        """The instance write as CTEs u<n> (update, gating the rest) and e<n> (event)."""
+        found = self._cte_parts.get(n)
+        if found is None:
+            update = self.update_sql.replace("%(", f"%(u{n}_")
+            # what the event shares with the instance comes from the updated row
+            shared = {
+                "instance_id": "id",
+                "seq": "last_seq",
+                "to_state": "state",
+                "at": "updated_at",
+                "hash": "last_hash",
+            }
+            select = ", ".join(
+                f"u{n}.{shared[c]}" if c in shared else f"%(e{n}_{c})s::{_PG_TYPES[c]}"
+                for c in _EVENT_COLUMNS
+            )
+            event = f"INSERT INTO sk_events ({', '.join(_EVENT_COLUMNS)}) SELECT {select} FROM u{n}"
+            returning = "RETURNING id, last_seq, state, updated_at, last_hash"
+            found = self._cte_parts[n] = [f"u{n} AS ({update} {returning})", f"e{n} AS ({event})"]
+        return found
+
     def pending(self, conn: sa.Connection) -> Pending | None:
         """The queue of the connection's transaction, if it runs in a Writer on PostgreSQL."""
         if not self.postgres:
@@ -176,7 +292,7 @@ class HotPath:
         """Execute a write whose result is not needed (queued if the transaction queues)."""
         pending = self.pending(conn)
         if pending is not None:
-            pending.run(sql, params)
+            pending.add(_Statement(sql, params))
             return
         cur = self.cursor(conn)
         try:
@@ -188,7 +304,7 @@ class HotPath:
         """The instance row as a dict of Python values, or None."""
         pending = self.pending(conn)
         if pending is not None:
-            row = pending.query(self.select_locked_sql, {"id": instance_id}).fetchone()
+            row = pending.query(self.select_sql, {"id": instance_id}).fetchone()
         else:
             cur = self.cursor(conn)
             try:
@@ -231,8 +347,7 @@ class HotPath:
         ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
         pending = self.pending(conn)
         if pending is not None:
-            pending.run(self.update_queued_sql, values)
-            pending.run(self.insert_sql, ev)
+            pending.add(_InstanceWrite(self, values, ev))
             return 1
         cur = self.cursor(conn)
         try:
@@ -285,18 +400,16 @@ class DeadlineWrites:
         # PostgreSQL: the deadline and its timers in one statement (no id comes back)
         self.insert_deadline_timers_sql = (
             f"WITH d AS (INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
-            f"({deadline_values}) RETURNING id) "
-            f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) "
-            "SELECT d.id, %(instance_id)s::text, t.kind, t.step, t.fire_at, 'pending' "
-            "FROM d, (VALUES {timers}) AS t(kind, step, fire_at)"
+            f"({deadline_values}) RETURNING id, instance_id) "
+            f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) {_TIMERS_FROM.format(d='d')}"
         )
         if hot.postgres:
             self.close_sql = (
                 "WITH closed AS (UPDATE sk_deadlines SET status = 'closed', closed_at = "
                 "%(now)s WHERE instance_id = %(instance_id)s AND kind = 'state' AND "
                 "status = 'active' RETURNING id) UPDATE sk_timers SET status = 'cancelled', "
-                "note = %(note)s FROM closed WHERE sk_timers.deadline_id = closed.id AND "
-                "sk_timers.status = 'pending'"
+                "note = %(note)s WHERE deadline_id = ANY (ARRAY(SELECT id FROM closed)) AND "
+                "status = 'pending'"
             )
         else:
             self.cancel_open_sql = (
@@ -326,12 +439,17 @@ class DeadlineWrites:
             if v[k] is not None:
                 v[k] = h.dt_out(v[k])
         v["shifts"] = h.json_out(list(v["shifts"]))
-        if h.postgres and timers:
-            rows = []
-            for i, (kind, step, at) in enumerate(timers):
-                v[f"k{i}"], v[f"s{i}"], v[f"a{i}"] = kind, step, at
-                rows.append(f"(%(k{i})s::text, %(s{i})s::int, %(a{i})s::timestamptz)")
-            h.run(conn, self.insert_deadline_timers_sql.format(timers=", ".join(rows)), v)
+        if h.postgres:
+            op = _InsertDeadline(self, v, timers)
+            pending = h.pending(conn)
+            if pending is not None:
+                pending.add(op)
+            else:
+                cur = h.cursor(conn)
+                try:
+                    op.run(cur)
+                finally:
+                    cur.close()
             return
         cur = h.cursor(conn)
         try:
@@ -360,7 +478,7 @@ class DeadlineWrites:
         pending = h.pending(conn)
         if pending is not None:
             for one in params:
-                pending.run(self.insert_timer_sql, one)
+                pending.add(_Statement(self.insert_timer_sql, one))
             return
         if not params:
             return
@@ -374,7 +492,16 @@ class DeadlineWrites:
         """Close the instance's open state deadline and cancel its pending timers."""
         h = self.hot
         if h.postgres:
-            h.run(conn, self.close_sql, {"now": now, "instance_id": instance_id, "note": note})
+            op = _CloseState({"now": now, "instance_id": instance_id, "note": note}, self)
+            pending = h.pending(conn)
+            if pending is not None:
+                pending.add(op)
+            else:
+                cur = h.cursor(conn)
+                try:
+                    op.run(cur)
+                finally:
+                    cur.close()
             return
         cur = h.cursor(conn)
         try:
@@ -391,3 +518,74 @@ class DeadlineWrites:
                 self.cancel_sql,
                 h._params(("note", "deadline_id"), {"note": note, "deadline_id": did}),
             )
+
+
+class _CloseState:
+    """Close the open state deadline and cancel its timers (PostgreSQL)."""
+
+    __slots__ = ("params", "writes")
+    instance_write = False
+
+    def __init__(self, params: dict[str, Any], writes: DeadlineWrites) -> None:
+        self.params = params
+        self.writes = writes
+
+    def run(self, cursor: Any) -> None:
+        cursor.execute(self.writes.close_sql, self.params)
+
+    def parts(self, n: int) -> tuple[list[str], dict[str, Any]]:
+        c = f"c{n}_"
+        params = _prefixed(c, self.params)
+        return [
+            f"c{n} AS (UPDATE sk_deadlines SET status = 'closed', closed_at = %({c}now)s "
+            f"WHERE instance_id = %({c}instance_id)s AND kind = 'state' AND status = 'active' "
+            "AND EXISTS (SELECT FROM u0) RETURNING id)",
+            # ANY(ARRAY(...)): looked up by deadline, never a scan of every pending timer
+            f"t{n} AS (UPDATE sk_timers SET status = 'cancelled', note = %({c}note)s "
+            f"WHERE deadline_id = ANY (ARRAY(SELECT id FROM c{n})) AND status = 'pending')",
+        ], params
+
+
+class _InsertDeadline:
+    """A deadline and its timers (kind, step, fire_at), in one statement (PostgreSQL)."""
+
+    __slots__ = ("timers", "values", "writes")
+    instance_write = False
+
+    def __init__(
+        self, writes: DeadlineWrites, values: dict[str, Any], timers: list[tuple[str, int, Any]]
+    ) -> None:
+        self.writes = writes
+        self.values = values
+        self.timers = timers
+
+    def _timer_params(self, prefix: str = "") -> dict[str, Any]:
+        rows = [{"kind": k, "step": s, "fire_at": a.isoformat()} for k, s, a in self.timers]
+        return {f"{prefix}t_timers": _JSON(rows)}
+
+    def run(self, cursor: Any) -> None:
+        w = self.writes
+        if not self.timers:
+            cursor.execute(w.insert_deadline_sql, self.values)
+            return
+        cursor.execute(w.insert_deadline_timers_sql, {**self.values, **self._timer_params()})
+
+    def parts(self, n: int) -> tuple[list[str], dict[str, Any]]:
+        d = f"d{n}_"
+        params = _prefixed(d, self.values)
+        del params[d + "instance_id"]
+        select = ", ".join(
+            "u0.id" if c == "instance_id" else f"%({d}{c})s::{_PG_TYPES[c]}"
+            for c in _DEADLINE_COLUMNS
+        )
+        ctes = [
+            f"d{n} AS (INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) "
+            f"SELECT {select} FROM u0 RETURNING id, instance_id)"
+        ]
+        if self.timers:
+            params.update(self._timer_params(d))
+            timers_from = _TIMERS_FROM.format(d=f"d{n}").replace("%(t_", f"%({d}t_")
+            ctes.append(
+                f"dt{n} AS (INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) {timers_from})"
+            )
+        return ctes, params

@@ -169,6 +169,15 @@ deadlines = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("closed_at", UTCDateTime, nullable=True),
     Index(None, "instance_id", "status"),
+    # every state change closes the instance's open deadline: a lookup in the open ones
+    # only, which the planner prefers to the due-time index even before statistics exist
+    Index(
+        "ix_sk_deadlines_open_instance",
+        "instance_id",
+        "kind",
+        postgresql_where=text("status = 'active'"),
+        sqlite_where=text("status = 'active'"),
+    ),
     # supervision: what is overdue or due soon reads only open deadlines, by due time
     Index(
         "ix_sk_deadlines_open_due",

@@ -3,19 +3,17 @@
 A transition is a short transaction: read the instance, write it, append its event. Run
 through ``sa.Engine.begin()`` it pays the pool's checkout and check-in, a pre-ping round
 trip on PostgreSQL and SQLAlchemy's transaction bookkeeping, which together cost more than
-the statements. :class:`Writer` keeps a few connections checked out (a LIFO list, bounded),
-begins and ends the transaction through the driver, and on PostgreSQL sends the
-transaction's statements in as few round trips as the work allows:
+the statements. :class:`Writer` keeps a few connections checked out (a LIFO list, bounded)
+and begins and ends the transaction through the driver.
 
-* ``BEGIN`` is not sent on its own: it goes with the transaction's first statement.
-* Writes the engine issues through :meth:`Pending.run` (the instance update, its event, the
-  deadline rows) are queued and sent with ``COMMIT`` as one multi-statement query (values
-  bound on the client by psycopg's own quoting). A plain transition is thus two round trips
-  — ``BEGIN; SELECT … FOR UPDATE`` and ``UPDATE …; INSERT …; COMMIT`` — where the pooled
-  path took eight.
-* Any statement SQLAlchemy runs on the connection in the meantime (outbox rows, clocks,
-  idempotency records) first flushes what is queued, so statements always run in the order
-  they were issued.
+On PostgreSQL it also sends the transaction in as few round trips as the work allows
+(:class:`Pending`): the instance is read on its own, and its write — the version-checked
+update, the event, the deadline rows that go with it — is one statement of data-modifying
+CTEs, prepared by psycopg like any repeated statement. A plain transition is thus two
+round trips, where the pooled path took eight. Should the version have moved in between,
+nothing is written and the caller reads again (:class:`StaleRead`). Any statement
+SQLAlchemy runs on the connection (outbox rows, clocks, idempotency records) first sends
+``BEGIN`` and what is queued, so statements always run in the order they were issued.
 
 A connection the server dropped (a restart, ``pg_terminate_backend``) is noticed on the
 transaction's first statement: nothing was sent, so the caller may retry on a fresh
@@ -28,12 +26,12 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["PENDING", "Pending", "StaleConnection", "Writer"]
+__all__ = ["PENDING", "Op", "Pending", "StaleConnection", "StaleRead", "Writer"]
 
 PENDING = "sangkien_pending"
 
@@ -42,47 +40,96 @@ class StaleConnection(Exception):
     """The kept connection was dead before anything was sent; retry on a fresh one."""
 
 
+class StaleRead(Exception):
+    """The instance changed between its read and the write; nothing was written."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(instance_id)
+        self.instance_id = instance_id
+
+
+class Op(Protocol):
+    """A write the hot path queues: run alone, or as parts of one statement."""
+
+    instance_write: bool
+
+    def run(self, cursor: Any) -> None:
+        """Execute it inside the open transaction (StaleRead if the version moved)."""
+
+    def parts(self, n: int) -> tuple[list[str], dict[str, Any]] | None:
+        """Its CTEs (names suffixed with *n*) for the single statement, or None."""
+
+
 class Pending:
-    """Statements of the current PostgreSQL transaction not yet sent to the server."""
+    """The PostgreSQL transaction of a Writer, begun only when something needs it.
 
-    __slots__ = ("_cursor", "_mogrify", "began", "sql")
+    Reads run at once; before ``BEGIN`` they run on their own (the instance write checks
+    the version it read). Writes are queued. At commit, a queue made of one instance write
+    and the deadline writes that go with it becomes one statement of data-modifying CTEs,
+    run without ``BEGIN``/``COMMIT`` (a single statement is its own transaction). Anything
+    else — a statement through SQLAlchemy, a write that has no single-statement form —
+    sends ``BEGIN`` and the queue first, and the rest runs inside that transaction.
+    """
 
-    def __init__(self, driver_connection: Any, mogrify: Any) -> None:
+    __slots__ = ("_cursor", "began", "ops", "sent")
+
+    def __init__(self, driver_connection: Any) -> None:
         self._cursor = driver_connection.cursor()
-        self._mogrify = mogrify
-        self.sql: list[str] = ["BEGIN"]
-        self.began = False  # whether anything reached the server in this transaction
-
-    def run(self, sql: str, params: Any) -> None:
-        """Queue *sql* with *params* bound (sent before the next read, or with COMMIT)."""
-        self.sql.append(self._mogrify(sql, params))
+        self.ops: list[Op] = []
+        self.began = False  # whether BEGIN was sent
+        self.sent = False  # whether anything reached the server
 
     def query(self, sql: str, params: Any) -> Any:
-        """Send what is queued followed by *sql*; return the cursor on *sql*'s result."""
-        cur = self._cursor
-        if not self.sql:
-            cur.execute(sql, params)
-            return cur
-        self.sql.append(self._mogrify(sql, params))
-        self._send()
-        while cur.nextset():
-            pass
-        return cur
+        """Run a read now; return the cursor on its result."""
+        self._cursor.execute(sql, params)
+        self.sent = True
+        return self._cursor
 
-    def flush(self) -> None:
-        if self.sql:
-            self._send()
+    def add(self, op: Op) -> None:
+        if not self.began and (op.parts(0) is None or (op.instance_write and self.ops)):
+            self.begin()
+        if self.began:
+            op.run(self._cursor)
+        else:
+            self.ops.append(op)
+
+    def begin(self) -> None:
+        """Send BEGIN and whatever is queued; from now on statements run at once."""
+        if self.began:
+            return
+        self._cursor.execute("BEGIN")
+        self.began = self.sent = True
+        ops, self.ops = self.ops, []
+        for op in ops:
+            op.run(self._cursor)
 
     def commit(self) -> None:
-        if self.began or len(self.sql) > 1:
-            self.sql.append("COMMIT")
-            self._send()
-        self.sql = []
-
-    def _send(self) -> None:
-        sql, self.sql = "; ".join(self.sql), []
-        self._cursor.execute(sql)
-        self.began = True
+        if self.began:
+            self._cursor.execute("COMMIT")
+            return
+        if not self.ops:
+            return
+        ops, self.ops = self.ops, []
+        head = ops[0]
+        if not head.instance_write:  # no version gate: run them in a transaction
+            self.ops = ops
+            self.begin()
+            self._cursor.execute("COMMIT")
+            return
+        ctes: list[str] = []
+        params: dict[str, Any] = {}
+        for n, op in enumerate(ops):
+            got = op.parts(n)
+            assert got is not None
+            ctes.extend(got[0])
+            params.update(got[1])
+        self.sent = True
+        row = self._cursor.execute(
+            "WITH " + ", ".join(ctes) + " SELECT count(*) FROM u0",  # noqa: S608 - our SQL
+            params,
+        ).fetchone()
+        if row[0] != 1:
+            raise StaleRead(getattr(head, "instance_id", "?"))
 
 
 def _flush_before(
@@ -90,7 +137,7 @@ def _flush_before(
 ) -> None:
     pending: Pending | None = conn.info.get(PENDING)
     if pending is not None:
-        pending.flush()
+        pending.begin()
 
 
 class Writer:
@@ -117,12 +164,9 @@ class Writer:
             pass
         conn = self._db.connect()
         if self.postgres:
-            import psycopg
-
             driver = conn.connection.driver_connection
             # the transaction is begun in SQL, with its first statement (see Pending)
             driver.autocommit = True  # type: ignore[union-attr]
-            conn.info["sangkien_mogrify"] = psycopg.ClientCursor(driver).mogrify
             event.listen(conn, "before_cursor_execute", _flush_before)
         return conn
 
@@ -161,7 +205,7 @@ class Writer:
         reusable = True
         try:
             if self.postgres:
-                pending = Pending(driver, conn.info["sangkien_mogrify"])
+                pending = Pending(driver)
                 conn.info[PENDING] = pending
             else:
                 driver.execute("BEGIN IMMEDIATE")
@@ -174,7 +218,7 @@ class Writer:
             elif not self.postgres:
                 driver.commit()
         except BaseException as exc:
-            stale = pending is not None and not pending.began and self._is_disconnect(exc, conn)
+            stale = pending is not None and not pending.sent and self._is_disconnect(exc, conn)
             self._forget(conn)
             reusable = self._rollback(conn, driver) and not self._is_disconnect(exc, conn)
             if stale:
