@@ -234,3 +234,22 @@ def test_ordinary_fires_skip_dependency_solving(api: Api, monkeypatch: pytest.Mo
     assert solved == []
     assert post({**UPDATE, "surprise": 1})(api, iid).status_code == 422
     assert solved == [f"/v1/instances/{iid}/fire"]
+
+
+def test_the_app_documents_what_a_host_including_the_router_documents(api: Api) -> None:
+    """create_app lays its routes out for speed; its OpenAPI is the router's all the same."""
+    from fastapi import FastAPI
+
+    from sangkien.api import ApiContext, create_router
+    from sangkien.api.app import _openapi
+    from sangkien.api.operations import health_router
+
+    app: Any = api.client.app
+    host = FastAPI(title=app.title, version=app.version, description=app.description)
+    ctx = ApiContext(api.engine, ApiSettings(jwt_secret=SECRET))
+    host.include_router(health_router(ctx))
+    host.include_router(create_router(api.engine, context=ctx))
+    host.openapi = _openapi(host)  # type: ignore[method-assign]
+    mine, theirs = app.openapi(), host.openapi()
+    assert list(mine["paths"]) == list(theirs["paths"])
+    assert mine == theirs

@@ -71,16 +71,19 @@ def create_router(
     :func:`create_app`.
     """
     ctx = context or ApiContext(engine, api_settings or ApiSettings())
-    return _v1_router(ctx, fast=False)
-
-
-def _v1_router(ctx: ApiContext, *, fast: bool) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
-    router.include_router(workflows_router(ctx))
-    router.include_router(instances_router(ctx, fast=fast))
-    router.include_router(supervision_router(ctx))
-    router.include_router(outbox_router(ctx))
+    for part in _v1_routers(ctx, fast=False):
+        router.include_router(part)
     return router
+
+
+def _v1_routers(ctx: ApiContext, *, fast: bool) -> list[APIRouter]:
+    return [
+        workflows_router(ctx),
+        instances_router(ctx, fast=fast),
+        supervision_router(ctx),
+        outbox_router(ctx),
+    ]
 
 
 def register_workflows(engine: Engine, paths: list[Path]) -> list[str]:
@@ -162,8 +165,11 @@ def create_app(
     )
     app.state.sangkien = ctx
     app.include_router(health_router(ctx))
-    # the app adds no dependencies of its own to the routes: fires may take the fast path
-    app.include_router(_v1_router(ctx, fast=True))
+    # straight into the app, not through create_router's router: FastAPI matches a request
+    # once more at every level of included routers. The app adds no dependencies of its own
+    # to the routes, so fires may take the fast path.
+    for part in _v1_routers(ctx, fast=True):
+        app.include_router(part, responses=_ERRORS)
     for exc_type in (StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(exc_type, _handler)
     if api_settings.cors_origins:
