@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from sangkien import Actor, Engine, StoreError
+from sangkien import Actor, ConcurrencyConflict, Engine, StoreError
 from sangkien.store.db import create_db_engine
 
 RACE = Path(__file__).resolve().parent / "workflows" / "race.yaml"
@@ -68,3 +69,52 @@ def test_a_failed_transition_leaves_the_kept_connection_usable(db_url: str) -> N
             conn.execute(sa.text("DELETE FROM sk_events WHERE kind = 'note'"))
         assert engine.fire(iid, "reset", actor=RACER).state == "idle"
         assert engine.verify() == []
+
+
+class _Interloper:
+    """A clock that, the first *times* it is read inside a fire, lets another writer in."""
+
+    def __init__(self, other: Engine, iid: str, times: int) -> None:
+        self.other, self.iid, self.left = other, iid, times
+
+    def now(self) -> datetime:
+        if self.left > 0:
+            self.left -= 1
+            self.other.fire(self.iid, "bump", actor=Actor("other", ["racer"], "lab"))
+        return datetime.now(UTC)
+
+
+@pytest.mark.postgresql
+def test_a_write_between_read_and_write_makes_the_fire_read_again(pg_url: str) -> None:
+    """PostgreSQL reads outside the write: a concurrent change is seen and nothing is lost."""
+    other = Engine(pg_url, workflows=[RACE], migrate=True)
+    iid = other.start("race", actor=RACER).id
+    clock = _Interloper(other, iid, times=2)
+    engine = Engine(pg_url, clock=clock)
+    done = engine.fire(iid, "bump", actor=RACER)  # read, interloper bumps, write refused: again
+    assert clock.left == 0
+    assert done.data["count"] == 3 and done.version == 4  # two from the other writer, then ours
+    history = engine.history(iid)
+    assert [e.actor_id for e in history[1:]] == ["other", "other", "ref"]
+    assert engine.verify() == []
+    clock.left = 1  # a caller that pinned the version it read is told instead
+    with pytest.raises(ConcurrencyConflict):
+        engine.fire(iid, "bump", actor=RACER, expected_version=4)
+    assert engine.get(iid).data["count"] == 4  # only the interloper's bump
+    engine.close()
+    other.close()
+
+
+@pytest.mark.postgresql
+def test_a_fire_that_keeps_losing_the_race_reports_a_conflict(pg_url: str) -> None:
+    other = Engine(pg_url, workflows=[RACE], migrate=True)
+    iid = other.start("race", actor=RACER).id
+    clock = _Interloper(other, iid, times=100)
+    engine = Engine(pg_url, clock=clock)
+    with pytest.raises(ConcurrencyConflict, match="changed by another writer"):
+        engine.fire(iid, "bump", actor=RACER)
+    after = engine.get(iid)
+    assert after.data["count"] == 100 - clock.left  # every interloper bump, none of ours
+    assert engine.verify() == []
+    engine.close()
+    other.close()

@@ -232,6 +232,7 @@ class HotPath:
         )
         self.postgres = dialect == "postgresql"
         self._getters: dict[tuple[str, ...], Callable[[Mapping[str, Any]], Any]] = {}
+        self._roles: dict[tuple[str, ...], Any] = {}
         self._cte_parts: dict[int, list[str]] = {}
         self._update_order = (
             "state",
@@ -341,9 +342,15 @@ class HotPath:
             "version": instance["version"],
         }
         ev = dict(event)
-        ev["actor_roles"] = self.json_out(list(ev["actor_roles"]))
+        roles = tuple(ev["actor_roles"])
+        encoded = self._roles.get(roles)
+        if encoded is None:
+            encoded = self._roles[roles] = self.json_out(list(roles))
+            if len(self._roles) > 256:  # a handful of role sets in practice
+                self._roles.clear()
+        ev["actor_roles"] = encoded
         ev["at"] = now if ev["at"] is instance["now"] else self.dt_out(ev["at"])
-        ev["data_delta"] = self.json_out(dict(ev["data_delta"]))
+        ev["data_delta"] = self.json_out(dict(ev["data_delta"])) if ev["data_delta"] else "{}"
         ev["detail"] = self.json_out(dict(ev["detail"])) if ev["detail"] is not None else None
         pending = self.pending(conn)
         if pending is not None:
