@@ -187,7 +187,8 @@ class Notifier:
     # ------------------------------------------------------------ rows
 
     def _insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        if rows:
+        # on PostgreSQL the rows join the transition's single-statement write
+        if rows and not self.engine._hot.queue_outbox(conn, rows):
             conn.execute(t.outbox.insert(), rows)
 
     def _row(

@@ -301,6 +301,14 @@ class HotPath:
         finally:
             cur.close()
 
+    def queue_outbox(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> bool:
+        """Queue outbox rows with the transition's write (PostgreSQL); False: not queued."""
+        pending = self.pending(conn)
+        if pending is None:
+            return False
+        pending.add(_OutboxRows(rows))
+        return True
+
     def load(self, conn: sa.Connection, instance_id: str) -> dict[str, Any] | None:
         """The instance row as a dict of Python values, or None."""
         pending = self.pending(conn)
@@ -596,3 +604,42 @@ class _InsertDeadline:
                 f"dt{n} AS (INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) {timers_from})"
             )
         return ctes, params
+
+
+_OUTBOX_COLUMNS = (
+    "id, kind, channel, recipient, recipient_id, recipient_name, instance_id, event_seq, "
+    "template, subject, body, payload, status, attempts, next_attempt_at, lease_owner, "
+    "lease_until, last_error, created_at, delivered_at"
+)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_JSON_ROWS = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+
+
+class _OutboxRows:
+    """Outbox rows written with the transition (PostgreSQL): one JSON parameter."""
+
+    __slots__ = ("rows",)
+    instance_write = False
+    sql = (
+        f"INSERT INTO sk_outbox ({_OUTBOX_COLUMNS}) SELECT {_OUTBOX_COLUMNS} "
+        "FROM jsonb_populate_recordset(NULL::sk_outbox, %(rows)s::jsonb)"
+    )
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def run(self, cursor: Any) -> None:
+        cursor.execute(self.sql, {"rows": _JSON_ROWS(self.rows)})
+
+    def parts(self, n: int) -> tuple[list[str], dict[str, Any]]:
+        sql = self.sql.replace("%(rows)s", f"%(o{n}_rows)s")
+        return [f"o{n} AS ({sql} WHERE EXISTS (SELECT FROM u0))"], {
+            f"o{n}_rows": _JSON_ROWS(self.rows)
+        }
