@@ -124,6 +124,7 @@ class _Statement:
 
     __slots__ = ("params", "sql")
     instance_write = False
+    composable = False
 
     def __init__(self, sql: str, params: Any) -> None:
         self.sql = sql
@@ -141,6 +142,7 @@ class _InstanceWrite:
 
     __slots__ = ("event", "hot", "values")
     instance_write = True
+    composable = True
 
     def __init__(self, hot: HotPath, values: dict[str, Any], event: dict[str, Any]) -> None:
         self.hot = hot
@@ -540,6 +542,7 @@ class _CloseState:
 
     __slots__ = ("params", "writes")
     instance_write = False
+    composable = True
 
     def __init__(self, params: dict[str, Any], writes: DeadlineWrites) -> None:
         self.params = params
@@ -566,6 +569,7 @@ class _InsertDeadline:
 
     __slots__ = ("timers", "values", "writes")
     instance_write = False
+    composable = True
 
     def __init__(
         self, writes: DeadlineWrites, values: dict[str, Any], timers: list[tuple[str, int, Any]]
@@ -627,6 +631,7 @@ class _OutboxRows:
 
     __slots__ = ("rows",)
     instance_write = False
+    composable = True
     sql = (
         f"INSERT INTO sk_outbox ({_OUTBOX_COLUMNS}) SELECT {_OUTBOX_COLUMNS} "
         "FROM jsonb_populate_recordset(NULL::sk_outbox, %(rows)s::jsonb)"

@@ -51,7 +51,8 @@ class StaleRead(Exception):
 class Op(Protocol):
     """A write the hot path queues: run alone, or as parts of one statement."""
 
-    instance_write: bool
+    instance_write: bool  # the version-checked instance update (gates the rest)
+    composable: bool  # whether it has a single-statement form (parts)
 
     def run(self, cursor: Any) -> None:
         """Execute it inside the open transaction (StaleRead if the version moved)."""
@@ -86,7 +87,7 @@ class Pending:
         return self._cursor
 
     def add(self, op: Op) -> None:
-        if not self.began and (op.parts(0) is None or (op.instance_write and self.ops)):
+        if not self.began and (not op.composable or (op.instance_write and self.ops)):
             self.begin()
         if self.began:
             op.run(self._cursor)
