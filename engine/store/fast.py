@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sangkien.store.writer import PENDING, Pending, StaleRead
+from sangkien.store.writer import Pending, StaleRead, pending_of
 
 __all__ = ["DeadlineWrites", "HotPath"]
 
@@ -288,8 +288,7 @@ class HotPath:
         """The queue of the connection's transaction, if it runs in a Writer on PostgreSQL."""
         if not self.postgres:
             return None
-        found: Pending | None = conn.info.get(PENDING)
-        return found
+        return pending_of(conn)
 
     def run(self, conn: sa.Connection, sql: str, params: Any) -> None:
         """Execute a write whose result is not needed (queued if the transaction queues)."""

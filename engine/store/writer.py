@@ -22,7 +22,6 @@ connection (:class:`StaleConnection`); the other kept connections are dropped wi
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,9 +30,16 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["PENDING", "Op", "Pending", "StaleConnection", "StaleRead", "Writer"]
+__all__ = ["Op", "Pending", "StaleConnection", "StaleRead", "Writer", "pending_of"]
 
-PENDING = "sangkien_pending"
+# the open Pending of each connection in a Writer transaction, by id(connection): a dict
+# lookup, where Connection.info walks three objects (this is read several times per fire)
+_PENDING: dict[int, Pending] = {}
+
+
+def pending_of(conn: sa.Connection) -> Pending | None:
+    """The queue of *conn*'s transaction if it runs in a Writer on PostgreSQL."""
+    return _PENDING.get(id(conn))
 
 
 class StaleConnection(Exception):
@@ -74,8 +80,8 @@ class Pending:
 
     __slots__ = ("_cursor", "began", "ops", "sent")
 
-    def __init__(self, driver_connection: Any) -> None:
-        self._cursor = driver_connection.cursor()
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
         self.ops: list[Op] = []
         self.began = False  # whether BEGIN was sent
         self.sent = False  # whether anything reached the server
@@ -136,7 +142,7 @@ class Pending:
 def _flush_before(
     conn: sa.Connection, cursor: Any, statement: Any, params: Any, context: Any, many: bool
 ) -> None:
-    pending: Pending | None = conn.info.get(PENDING)
+    pending = _PENDING.get(id(conn))
     if pending is not None:
         pending.begin()
 
@@ -148,6 +154,7 @@ class Writer:
         self._db = db
         self._keep = keep
         self._idle: list[sa.Connection] = []
+        self._cursors: dict[int, Any] = {}  # one driver cursor per kept PostgreSQL connection
         self._lock = threading.Lock()
         self.postgres = db.dialect.name == "postgresql"
         # Engine.dispose() (a host recycling its pool, a forked child) drops ours too
@@ -168,6 +175,7 @@ class Writer:
             driver = conn.connection.driver_connection
             # the transaction is begun in SQL, with its first statement (see Pending)
             driver.autocommit = True  # type: ignore[union-attr]
+            self._cursors[id(conn)] = driver.cursor()  # type: ignore[union-attr]
             event.listen(conn, "before_cursor_execute", _flush_before)
         return conn
 
@@ -178,6 +186,7 @@ class Writer:
         self._discard(conn)
 
     def _discard(self, conn: sa.Connection) -> None:
+        self._cursors.pop(id(conn), None)
         try:
             if self.postgres and not conn.invalidated:
                 driver = conn.connection.driver_connection
@@ -206,8 +215,7 @@ class Writer:
         reusable = True
         try:
             if self.postgres:
-                pending = Pending(driver)
-                conn.info[PENDING] = pending
+                pending = _PENDING[id(conn)] = Pending(self._cursors[id(conn)])
             else:
                 driver.execute("BEGIN IMMEDIATE")
             yield conn
@@ -231,8 +239,7 @@ class Writer:
 
     @staticmethod
     def _forget(conn: sa.Connection) -> None:
-        with contextlib.suppress(sa.exc.SQLAlchemyError):  # invalidated: info went with it
-            conn.info.pop(PENDING, None)
+        _PENDING.pop(id(conn), None)
 
     def _rollback(self, conn: sa.Connection, driver: Any) -> bool:
         """Roll back whatever is open; return whether the connection is still usable."""
