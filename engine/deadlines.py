@@ -358,13 +358,20 @@ class Scheduler:
         now: datetime,
         scope: Mapping[str, Any],
         changed: Sequence[str] = (),
+        left: str | None = None,
+        new_instance: bool = False,
     ) -> None:
-        """Keep deadlines in step with a change of *inst* (already written)."""
+        """Keep deadlines in step with a change of *inst* (already written).
+
+        *left* is the state the instance entered *inst.state* from (None: unknown): only a
+        state with a deadline can leave one open to close, and a new instance has none.
+        """
         wf = definition.model
         if not entered and changed:
             self._follow_data(conn, definition, inst, changed, now, scope)
-        if entered:
+        if entered and not new_instance and (left is None or wf.states[left].deadline is not None):
             self._fast.close_state(conn, inst.id, now, "left the state")
+        if entered:
             spec = wf.states[inst.state].deadline
             if spec is not None:
                 self.create(

@@ -980,6 +980,7 @@ class Engine:
                     entered=True,
                     entry_seq=1,
                     now=now,
+                    new_instance=True,
                     scope=_Scope(
                         definition,
                         values,
@@ -1129,6 +1130,7 @@ class Engine:
                 now=now,
                 scope=_LazyScope(lambda: ctx.scope_after(new)),
                 changed=list(ctx.delta),
+                left=row.state,
             )
         state_notify = definition.model.states[new_state].notify if entered else []
         if spec.notify or state_notify:

@@ -168,7 +168,9 @@ class _InstanceWrite:
 
 
 def _sqlite_dt_out(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", timespec="microseconds")[:26]  # without the "+00:00"
 
 
 def _sqlite_dt_in(value: Any) -> datetime:
