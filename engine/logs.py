@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "hot_logger"]
 
 _SECRET_KEYS = ("password", "secret", "token", "api_key", "authorization")
 
@@ -45,3 +45,33 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+class _HotLogger:
+    """A logger bound once per structlog configuration, for lines logged on every fire.
+
+    ``structlog.get_logger()`` returns a proxy that binds a new logger on every call
+    (about 5 µs); this keeps the bound one until ``structlog.configure`` changes the
+    processors, wrapper class or logger factory. Processors changed in place (as
+    ``structlog.testing.capture_logs`` does) are seen, being the same list.
+    """
+
+    __slots__ = ("_bound", "_key", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._key: tuple[int, Any, Any] | None = None
+        self._bound: Any = None
+
+    def get(self) -> Any:
+        cfg = structlog.get_config()
+        key = (id(cfg["processors"]), cfg["wrapper_class"], cfg["logger_factory"])
+        if key != self._key:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._key = key
+        return self._bound
+
+
+def hot_logger(name: str) -> _HotLogger:
+    """A logger for the hot path: ``hot_logger(name).get().info(...)``."""
+    return _HotLogger(name)

@@ -51,6 +51,7 @@ from sangkien.errors import (
 from sangkien.expressions import ExpressionError
 from sangkien.fields import check_data, check_value, normalize
 from sangkien.history import GENESIS, ChainBreak, event_hash, verify_chain
+from sangkien.logs import hot_logger
 from sangkien.machine import machine_for
 from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
@@ -63,6 +64,7 @@ from sangkien.units import FlatUnits, UnitTree
 __all__ = ["Engine", "new_id"]
 
 log = structlog.get_logger("sangkien")
+_hot_log = hot_logger("sangkien")  # the per-fire line
 
 _READ = {"sangkien_read_only": True}
 _T = TypeVar("_T")
@@ -1070,7 +1072,7 @@ class Engine:
                 continue  # check the trigger again against what the other writer left
         else:
             raise ConcurrencyConflict(instance_id, read_version, None)
-        log.info(
+        _hot_log.get().info(
             "transition",
             instance_id=instance_id,
             workflow=row.workflow,
@@ -1796,26 +1798,28 @@ class _FireContext:
         if reasons:
             return self._refuse(spec, reasons)
         values = {**self.row.data, **given}
-        instance_view = _instance_view(self.row)
         self.given = given
-        scope = _Scope(
-            self.definition,
-            values,
-            given,
-            self.actor,
-            self.now,
-            self.row.state_entered_at,
-            instance_view,
-            self.parent,
-            self.lang,
-        )
-        if spec.when:
-            reasons.extend(scope.guard(spec.when, probe=self.probe))
-        if reasons:
-            return self._refuse(spec, reasons)
-        if self.probe:
+        if spec.when or spec.set:
+            scope = _Scope(
+                self.definition,
+                values,
+                given,
+                self.actor,
+                self.now,
+                self.row.state_entered_at,
+                _instance_view(self.row),
+                self.parent,
+                self.lang,
+            )
+            if spec.when:
+                reasons.extend(scope.guard(spec.when, probe=self.probe))
+            if reasons:
+                return self._refuse(spec, reasons)
+            if self.probe:
+                return True
+            reasons.extend(scope.apply_set(spec.set, values))
+        elif self.probe:
             return True
-        reasons.extend(scope.apply_set(spec.set, values))
         for f in spec.requires:
             if _empty(values.get(f)):
                 reasons.append(f"field {f!r} is required for {spec.trigger!r}")
