@@ -176,7 +176,11 @@ def _sqlite_dt_out(value: datetime) -> str:
 def _sqlite_dt_in(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    try:
+        return datetime.fromisoformat(value + "+00:00")  # stored as UTC without the zone
+    except ValueError:  # written with a zone by something else
+        found = datetime.fromisoformat(value)
+        return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
 
 
 def _sqlite_json_in(value: Any) -> Any:

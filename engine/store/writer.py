@@ -23,8 +23,6 @@ connection (:class:`StaleConnection`); the other kept connections are dropped wi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -207,35 +205,62 @@ class Writer:
 
     # ---------------------------------------------------------------- transactions
 
-    @contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
+    def transaction(self) -> _Transaction:
+        """A write transaction on a kept connection (``with writer.transaction() as conn``)."""
+        return _Transaction(self)
+
+    def _begin(self) -> tuple[sa.Connection, Any, Pending | None]:
         conn = self._acquire()
         driver: Any = conn.connection.driver_connection
-        pending: Pending | None = None
+        if self.postgres:
+            pending = _PENDING[id(conn)] = Pending(self._cursors[id(conn)])
+            return conn, driver, pending
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release(conn, self._rollback(conn, driver))
+            raise
+        return conn, driver, None
+
+    def _end(
+        self,
+        conn: sa.Connection,
+        driver: Any,
+        pending: Pending | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Commit (no *exc*) or roll back, then keep or discard the connection."""
         reusable = True
         try:
-            if self.postgres:
-                pending = _PENDING[id(conn)] = Pending(self._cursors[id(conn)])
-            else:
-                driver.execute("BEGIN IMMEDIATE")
-            yield conn
-            if pending is not None:
-                pending.commit()
-                self._forget(conn)
-            if conn.in_transaction():
-                conn.commit()  # SQLAlchemy's own bookkeeping; on PostgreSQL already committed
-            elif not self.postgres:
-                driver.commit()
-        except BaseException as exc:
-            stale = pending is not None and not pending.sent and self._is_disconnect(exc, conn)
-            self._forget(conn)
-            reusable = self._rollback(conn, driver) and not self._is_disconnect(exc, conn)
-            if stale:
-                self.close()
-                raise StaleConnection(str(exc)) from exc
-            raise
+            if exc is None:
+                try:
+                    if pending is not None:
+                        pending.commit()
+                        self._forget(conn)
+                    if conn.in_transaction():
+                        conn.commit()  # SQLAlchemy's bookkeeping; on PostgreSQL already done
+                    elif not self.postgres:
+                        driver.commit()
+                    return
+                except BaseException as failed:
+                    exc = failed
+                    self._failed(conn, driver, pending, failed)
+                    raise
+            self._failed(conn, driver, pending, exc)
         finally:
+            if exc is not None:
+                reusable = self._rollback(conn, driver) and not self._is_disconnect(exc, conn)
             self._release(conn, reusable)
+
+    def _failed(
+        self, conn: sa.Connection, driver: Any, pending: Pending | None, exc: BaseException
+    ) -> None:
+        stale = pending is not None and not pending.sent and self._is_disconnect(exc, conn)
+        self._forget(conn)
+        if stale:
+            self._rollback(conn, driver)
+            self.close()
+            raise StaleConnection(str(exc)) from exc
 
     @staticmethod
     def _forget(conn: sa.Connection) -> None:
@@ -266,3 +291,19 @@ class Writer:
         except sa.exc.SQLAlchemyError:
             return True
         return bool(self._db.dialect.is_disconnect(exc, driver, None)) or self._closed(driver)
+
+
+class _Transaction:
+    """The context manager of :meth:`Writer.transaction` (a class: it runs on every fire)."""
+
+    __slots__ = ("_conn", "_driver", "_pending", "_writer")
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+
+    def __enter__(self) -> sa.Connection:
+        self._conn, self._driver, self._pending = self._writer._begin()
+        return self._conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._writer._end(self._conn, self._driver, self._pending, exc)
