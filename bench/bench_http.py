@@ -305,15 +305,15 @@ def run(urls: dict[str, str], *, quick: bool = False) -> Section:
                     f"{ratio_hz:.2f}",
                 ]
             )
-            for what, ratio in (("Python API", ratio_py), ("/healthz", ratio_hz)):
-                margin = f"{(ratio / 0.5 - 1) * 100:+.0f} % vs goal"
-                sec.target(
-                    f"HTTP fire vs {what}, {backend}, {lvl} clients",
-                    "≥ 0.50",
-                    f"{ratio:.2f}",
-                    ratio >= 0.5,
-                    margin,
-                )
+            # the target is against the trivial endpoint; HTTP/Python is reported, not a goal
+            margin = f"{(ratio_hz / 0.5 - 1) * 100:+.0f} % vs goal"
+            sec.target(
+                f"HTTP fire vs /healthz, {backend}, {lvl} clients",
+                "≥ 0.50",
+                f"{ratio_hz:.2f}",
+                ratio_hz >= 0.5,
+                margin,
+            )
     sec.table(
         [
             "backend",
