@@ -253,3 +253,39 @@ def test_the_app_documents_what_a_host_including_the_router_documents(api: Api) 
     mine, theirs = app.openapi(), host.openapi()
     assert list(mine["paths"]) == list(theirs["paths"])
     assert mine == theirs
+
+
+def test_writes_run_at_most_write_concurrency_at_once(api: Api) -> None:
+    """Starts and fires past the limit wait on the event loop, not in a thread."""
+    import asyncio
+    import threading
+
+    from sangkien.api import ApiContext
+
+    ctx = ApiContext(api.engine, ApiSettings(jwt_secret=SECRET), write_concurrency=2)
+    lock = threading.Lock()
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+    inside: list[int] = [0, 0]  # now, most
+
+    def write() -> str:
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside)
+        entered.release()
+        release.wait(30)
+        with lock:
+            inside[0] -= 1
+        return "done"
+
+    async def main() -> list[str]:
+        tasks = [asyncio.ensure_future(ctx.write(write)) for _ in range(6)]
+        for _ in range(2):
+            await asyncio.to_thread(entered.acquire)
+        await asyncio.sleep(0.2)  # room for a third to get in, were it let
+        assert inside == [2, 2]
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == ["done"] * 6
+    assert inside == [0, 2]

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -95,19 +94,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
             workflow = None
         metrics.refusals.labels(workflow=workflow or "", trigger=label).inc()
 
-    @router.post(
-        "",
-        response_model=InstanceOut,
-        status_code=201,
-        summary="Start an instance",
-        responses={201: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
-    )
-    def start(
-        body: StartRequest,
-        actor: Annotated[Actor, actor_dep],
-        idempotency_key: Annotated[str | None, idempotency_header()] = None,
-    ) -> Response:
-        """Start an instance of a workflow in a unit (default: the caller's)."""
+    def apply_start(body: StartRequest, actor: Actor, idempotency_key: str | None) -> Response:
         try:
             inst = engine.start(
                 body.workflow,
@@ -126,6 +113,21 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
         if not inst.replayed:
             metrics.started.labels(workflow=inst.workflow).inc()
         return ctx.model_json(InstanceOut.of(inst), 201, _replayed(inst))
+
+    @router.post(
+        "",
+        response_model=InstanceOut,
+        status_code=201,
+        summary="Start an instance",
+        responses={201: {"headers": {REPLAYED_HEADER: {"schema": {"type": "string"}}}}},
+    )
+    async def start(
+        body: StartRequest,
+        actor: Annotated[Actor, actor_dep],
+        idempotency_key: Annotated[str | None, idempotency_header()] = None,
+    ) -> Response:
+        """Start an instance of a workflow in a unit (default: the caller's)."""
+        return await ctx.write(apply_start, body, actor, idempotency_key)
 
     @router.get("", response_model=InstancePage, summary="List instances")
     def list_instances(
@@ -196,7 +198,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
             metrics.transitions.labels(workflow=inst.workflow, trigger=body.trigger).inc()
         return ctx.model_json(InstanceOut.of(inst), 200, _replayed(inst))
 
-    def fire(
+    async def fire(
         instance_id: InstanceId,
         body: FireRequest,
         actor: Annotated[Actor, actor_dep],
@@ -207,7 +209,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
         With ``expected_version``, a change since that version is a 409 carrying the
         instance's ``current_state``.
         """
-        return apply_fire(instance_id, body, actor, idempotency_key)
+        return await ctx.write(apply_fire, instance_id, body, actor, idempotency_key)
 
     async def fire_fast(request: Request) -> Response | None:
         """An ordinary fire without FastAPI's per-request dependency solving.
@@ -235,7 +237,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
             body = FireRequest.model_validate(raw)
         except ValidationError:
             return None
-        return await run_in_threadpool(apply_fire, instance_id, body, actor, key)
+        return await ctx.write(apply_fire, instance_id, body, actor, key)
 
     router.add_api_route(
         "/{instance_id}/fire",
