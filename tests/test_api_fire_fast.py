@@ -149,6 +149,14 @@ CASES: dict[str, tuple[Fire, Callable[[str], str] | None]] = {
     "a list body": (post([UPDATE]), None),
     "an empty body": (post(content=b"", **{"Content-Type": "application/json"}), None),
     "invalid JSON": (post(content=b"{nope", **{"Content-Type": "application/json"}), None),
+    "JSON nested too deep": (
+        post(content=b"[" * 100_000 + b"]" * 100_000, **{"Content-Type": "application/json"}),
+        None,
+    ),
+    "invalid UTF-8": (
+        post(content=b'{"trigger": "\xff"}', **{"Content-Type": "application/json"}),
+        None,
+    ),
     "text/plain": (post(content=b'{"trigger": "update"}', **{"Content-Type": "text/plain"}), None),
     "a JSON suffix type": (
         post(content=b'{"trigger": "update"}', **{"Content-Type": "application/x+json"}),

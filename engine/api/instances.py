@@ -224,7 +224,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
             return None
         try:
             raw = json.loads(await request.body())
-        except ValueError:
+        except Exception:  # FastAPI answers each way a body fails to parse in its own way
             return None
         actor = await ctx.caller(request)
         instance_id = request.path_params.get("instance_id")
