@@ -84,13 +84,18 @@ class _Interloper:
         return datetime.now(UTC)
 
 
+def _raced(pg_url: str, times: int) -> tuple[Engine, Engine, str, _Interloper]:
+    """An instance, a second Engine on it, and ours, whose clock lets the other in first."""
+    other = Engine(pg_url, workflows=[RACE], migrate=True)
+    iid = other.start("race", actor=RACER).id
+    clock = _Interloper(other, iid, times=times)
+    return other, Engine(pg_url, clock=clock), iid, clock
+
+
 @pytest.mark.postgresql
 def test_a_write_between_read_and_write_makes_the_fire_read_again(pg_url: str) -> None:
     """PostgreSQL reads outside the write: a concurrent change is seen and nothing is lost."""
-    other = Engine(pg_url, workflows=[RACE], migrate=True)
-    iid = other.start("race", actor=RACER).id
-    clock = _Interloper(other, iid, times=2)
-    engine = Engine(pg_url, clock=clock)
+    other, engine, iid, clock = _raced(pg_url, times=2)
     done = engine.fire(iid, "bump", actor=RACER)  # read, interloper bumps, write refused: again
     assert clock.left == 0
     assert done.data["count"] == 3 and done.version == 4  # two from the other writer, then ours
@@ -107,10 +112,7 @@ def test_a_write_between_read_and_write_makes_the_fire_read_again(pg_url: str) -
 
 @pytest.mark.postgresql
 def test_a_fire_that_keeps_losing_the_race_reports_a_conflict(pg_url: str) -> None:
-    other = Engine(pg_url, workflows=[RACE], migrate=True)
-    iid = other.start("race", actor=RACER).id
-    clock = _Interloper(other, iid, times=100)
-    engine = Engine(pg_url, clock=clock)
+    other, engine, iid, clock = _raced(pg_url, times=100)
     with pytest.raises(ConcurrencyConflict, match="changed by another writer"):
         engine.fire(iid, "bump", actor=RACER)
     after = engine.get(iid)

@@ -296,17 +296,21 @@ class HotPath:
             return None
         return pending_of(conn)
 
-    def run(self, conn: sa.Connection, sql: str, params: Any) -> None:
-        """Execute a write whose result is not needed (queued if the transaction queues)."""
+    def submit(self, conn: sa.Connection, op: Any) -> None:
+        """Queue *op* with the transaction's write (a PostgreSQL Writer) or run it now."""
         pending = self.pending(conn)
         if pending is not None:
-            pending.add(_Statement(sql, params))
+            pending.add(op)
             return
         cur = self.cursor(conn)
         try:
-            cur.execute(sql, params)
+            op.run(cur)
         finally:
             cur.close()
+
+    def run(self, conn: sa.Connection, sql: str, params: Any) -> None:
+        """Execute a write whose result is not needed (queued if the transaction queues)."""
+        self.submit(conn, _Statement(sql, params))
 
     def queue_outbox(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> bool:
         """Queue outbox rows with the transition's write (PostgreSQL); False: not queued."""
@@ -462,16 +466,7 @@ class DeadlineWrites:
                 v[k] = h.dt_out(v[k])
         v["shifts"] = h.json_out(list(v["shifts"]))
         if h.postgres:
-            op = _InsertDeadline(self, v, timers)
-            pending = h.pending(conn)
-            if pending is not None:
-                pending.add(op)
-            else:
-                cur = h.cursor(conn)
-                try:
-                    op.run(cur)
-                finally:
-                    cur.close()
+            h.submit(conn, _InsertDeadline(self, v, timers))
             return
         cur = h.cursor(conn)
         try:
@@ -514,16 +509,8 @@ class DeadlineWrites:
         """Close the instance's open state deadline and cancel its pending timers."""
         h = self.hot
         if h.postgres:
-            op = _CloseState({"now": now, "instance_id": instance_id, "note": note}, self)
-            pending = h.pending(conn)
-            if pending is not None:
-                pending.add(op)
-            else:
-                cur = h.cursor(conn)
-                try:
-                    op.run(cur)
-                finally:
-                    cur.close()
+            params = {"now": now, "instance_id": instance_id, "note": note}
+            h.submit(conn, _CloseState(params, self))
             return
         cur = h.cursor(conn)
         try:
