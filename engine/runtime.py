@@ -635,15 +635,26 @@ class Engine:
             wrapped = sa.exc.DBAPIError.instance(None, None, exc, self._dbapi_errors)
             raise _store_error(wrapped) from exc
 
-    def _transact(self, body: Callable[[sa.Connection], _T]) -> _T:
-        """Run *body* in a write transaction, once more if the connection was found dead."""
-        for attempt in (1, 2):
+    def _transact(self, body: Callable[[sa.Connection], _T], *, reread: int = 0) -> _T:
+        """Run *body* in a write transaction, again if nothing was written.
+
+        Once more if the kept connection was found dead before anything was sent; up to
+        *reread* more times if the instance moved between its read and its write, after
+        which :class:`StaleRead` is raised for the caller to report.
+        """
+        lost = moved = 0
+        while True:
             try:
-                with self._write(retryable=attempt == 1) as conn:
+                with self._write(retryable=True) as conn:
                     return body(conn)
-            except StaleConnection:
-                continue
-        raise AssertionError("unreachable: the second attempt does not raise StaleConnection")
+            except StaleConnection as exc:
+                if lost:
+                    raise StoreError(f"the database connection was lost: {exc}") from exc
+                lost += 1
+            except StaleRead:
+                if moved >= reread:
+                    raise
+                moved += 1  # check the trigger again against what the other writer left
 
     @property
     def _dbapi_errors(self) -> type[Exception]:
@@ -1043,35 +1054,36 @@ class Engine:
             "comment": comment,
         }
         read_version = -1
-        for attempt in range(_ATTEMPTS):
-            try:
-                with self._write(retryable=True) as conn:
-                    if idempotency_key:
-                        replay = self._replay(conn, actor, idempotency_key, request)
-                        if replay is not None:
-                            return replay
-                    found = self._hot.load(conn, instance_id)
-                    if found is None or not self._visible(actor, found["unit"]):
-                        raise InstanceNotFound(instance_id)
-                    row = _Row(**found)
-                    read_version = row.version
-                    if expected_version is not None and row.version != expected_version:
-                        raise ConcurrencyConflict(instance_id, expected_version, row.state)
-                    now = self.clock.now()
-                    instance = self._fire_row(conn, row, trigger, actor, incoming, comment, now=now)
-                    if idempotency_key:
-                        self._remember(conn, actor, idempotency_key, request, instance, now)
-                break
-            except StaleConnection as exc:  # dead before anything was sent: run it again
-                if attempt:
-                    raise StoreError(f"the database connection was lost: {exc}") from exc
-                continue
-            except StaleRead as exc:  # another writer got there between read and write
-                if expected_version is not None:  # the caller pinned the version it saw
-                    raise ConcurrencyConflict(instance_id, expected_version, None) from exc
-                continue  # check the trigger again against what the other writer left
-        else:
-            raise ConcurrencyConflict(instance_id, read_version, None)
+
+        def run(conn: sa.Connection) -> tuple[Instance, _Row | None]:
+            nonlocal read_version
+            if idempotency_key:
+                replay = self._replay(conn, actor, idempotency_key, request)
+                if replay is not None:
+                    return replay, None
+            found = self._hot.load(conn, instance_id)
+            if found is None or not self._visible(actor, found["unit"]):
+                raise InstanceNotFound(instance_id)
+            row = _Row(**found)
+            read_version = row.version
+            if expected_version is not None and row.version != expected_version:
+                raise ConcurrencyConflict(instance_id, expected_version, row.state)
+            now = self.clock.now()
+            instance = self._fire_row(conn, row, trigger, actor, incoming, comment, now=now)
+            if idempotency_key:
+                self._remember(conn, actor, idempotency_key, request, instance, now)
+            return instance, row
+
+        try:
+            # a caller that pinned the version it saw is told at once when it moved
+            instance, row = self._transact(
+                run, reread=0 if expected_version is not None else _ATTEMPTS - 1
+            )
+        except StaleRead as exc:
+            pinned = expected_version if expected_version is not None else read_version
+            raise ConcurrencyConflict(instance_id, pinned, None) from exc
+        if row is None:  # replayed
+            return instance
         _hot_log.get().info(
             "transition",
             instance_id=instance_id,

@@ -244,21 +244,18 @@ class Writer:
                     return
                 except BaseException as failed:
                     exc = failed
-                    self._failed(conn, driver, pending, failed)
+                    self._failed(conn, pending, failed)
                     raise
-            self._failed(conn, driver, pending, exc)
+            self._failed(conn, pending, exc)
         finally:
             if exc is not None:
                 reusable = self._rollback(conn, driver) and not self._is_disconnect(exc, conn)
             self._release(conn, reusable)
 
-    def _failed(
-        self, conn: sa.Connection, driver: Any, pending: Pending | None, exc: BaseException
-    ) -> None:
+    def _failed(self, conn: sa.Connection, pending: Pending | None, exc: BaseException) -> None:
         stale = pending is not None and not pending.sent and self._is_disconnect(exc, conn)
         self._forget(conn)
-        if stale:
-            self._rollback(conn, driver)
+        if stale:  # the caller's _end rolls back and discards this one
             self.close()
             raise StaleConnection(str(exc)) from exc
 
