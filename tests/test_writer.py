@@ -120,3 +120,43 @@ def test_a_fire_that_keeps_losing_the_race_reports_a_conflict(pg_url: str) -> No
     assert engine.verify() == []
     engine.close()
     other.close()
+
+
+def _autocheckpoint(driver: object) -> int:
+    return int(driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0])  # type: ignore[attr-defined]
+
+
+def test_sqlite_checkpoints_run_on_the_writers_thread(sqlite_url: str) -> None:
+    """Kept connections leave most of the WAL to the checkpointer; the log stays bounded."""
+    db = create_db_engine(sqlite_url)
+    engine = Engine(db, workflows=[RACE], migrate=True)
+    writer = engine._writer
+    assert writer is not None and writer.checkpointer is not None
+    checkpointer = writer.checkpointer
+    iid = engine.start("race", actor=RACER).id
+    kept = writer._idle[0].connection.driver_connection
+    assert _autocheckpoint(kept) == checkpointer.limit  # not at SQLite's 1,000 pages
+    wal = Path(db.url.database + "-wal")
+    for _ in range(3000):  # ~16,000 pages through the WAL
+        engine.fire(iid, "bump", actor=RACER)
+    assert checkpointer.runs >= 1  # woken every 64 commits (wake-ups may coalesce)
+    # the kept connection's own checkpoint at the limit finishes the thread's copy, and
+    # the log starts again from its beginning: it never holds much more than the limit
+    assert wal.stat().st_size < (checkpointer.limit + 500) * 4096
+    assert engine.get(iid).data["count"] == 3000
+    thread = checkpointer._thread
+    assert thread is not None and thread.is_alive()
+    engine.close()
+    assert not thread.is_alive()  # close ends it
+    with db.connect() as conn:  # the pooled connection is back to SQLite's default
+        assert _autocheckpoint(conn.connection.driver_connection) == 1000
+    db.dispose()
+
+
+def test_no_checkpointer_where_sqlite_has_no_file_or_on_postgresql(db_url: str) -> None:
+    with Engine(db_url, workflows=[RACE], migrate=True) as engine:
+        assert engine._writer is not None
+        has = engine._writer.checkpointer is not None
+        assert has == db_url.startswith("sqlite")
+    with Engine("sqlite://", workflows=[RACE], migrate=True) as engine:  # in memory
+        assert engine._writer is None or engine._writer.checkpointer is None
