@@ -29,6 +29,7 @@ from sangkien.calendar import Calendar, Duration, parse_duration
 from sangkien.definition import ClockSpec, DeadlineSpec, Definition
 from sangkien.errors import ConcurrencyConflict, SangkienError, TransitionNotAllowed
 from sangkien.expressions import ExpressionError
+from sangkien.logs import hot_logger
 from sangkien.model import Actor
 from sangkien.store import schema as t
 from sangkien.store.fast import DeadlineWrites
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["DeadlineStatus", "TickResult"]
 
 log = structlog.get_logger("sangkien")
+_hot_log = hot_logger("sangkien")  # lines logged within a transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +257,7 @@ class Scheduler:
             },
             self.timers_for(cal, spec, base, now),
         )
-        log.info(
+        _hot_log.get().info(
             "deadline.set",
             instance_id=inst.id,
             workflow=inst.workflow,

@@ -629,11 +629,14 @@ class Engine:
             raise StoreConflict(
                 f"instance {exc.instance_id!r} was changed by another writer; retry"
             ) from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
-        except self._dbapi_errors as exc:  # the hot path talks to the driver directly
-            wrapped = sa.exc.DBAPIError.instance(None, None, exc, self._dbapi_errors)
-            raise _store_error(wrapped) from exc
+        except (sa.exc.SQLAlchemyError, self._dbapi_errors) as exc:
+            raise self._database_error(exc) from exc
+
+    def _database_error(self, exc: Exception) -> SangkienError:
+        """A StoreError for *exc*, from SQLAlchemy or (on the hot path) from the driver."""
+        if not isinstance(exc, sa.exc.SQLAlchemyError):
+            exc = sa.exc.DBAPIError.instance(None, None, exc, self._dbapi_errors)
+        return _store_error(exc)
 
     def _transact(self, body: Callable[[sa.Connection], _T], *, reread: int = 0) -> _T:
         """Run *body* in a write transaction, again if nothing was written.
@@ -643,10 +646,17 @@ class Engine:
         which :class:`StaleRead` is raised for the caller to report.
         """
         lost = moved = 0
+        writer = self._writer if self._conn is None else None
         while True:
             try:
-                with self._write(retryable=True) as conn:
-                    return body(conn)
+                if writer is None:
+                    with self._write(retryable=True) as conn:
+                        return body(conn)
+                try:  # what _write does, without a generator (this runs on every fire)
+                    with writer.transaction() as conn:
+                        return body(conn)
+                except (sa.exc.SQLAlchemyError, self._dbapi_errors) as exc:
+                    raise self._database_error(exc) from exc
             except StaleConnection as exc:
                 if lost:
                     raise StoreError(f"the database connection was lost: {exc}") from exc
@@ -971,7 +981,9 @@ class Engine:
                 last_hash=h,
                 entered_seq=1,
             )
-            conn.execute(t.instances.insert().values(**dataclasses.asdict(new_row)))
+            columns = dataclasses.asdict(new_row)
+            del columns["data_text"]  # not a column
+            conn.execute(t.instances.insert().values(**columns))
             conn.execute(t.events.insert().values(**event, prev_hash=GENESIS, hash=h))
             start_event = {**event, "detail": {}, "hash": h}
             self._notifier.on_event(conn, new_row, start_event, now)
@@ -1061,10 +1073,9 @@ class Engine:
                 replay = self._replay(conn, actor, idempotency_key, request)
                 if replay is not None:
                     return replay, None
-            found = self._hot.load(conn, instance_id)
-            if found is None or not self._visible(actor, found["unit"]):
+            row = self._hot.load(conn, instance_id, _Row)
+            if row is None or not self._visible(actor, row.unit):
                 raise InstanceNotFound(instance_id)
-            row = _Row(**found)
             read_version = row.version
             if expected_version is not None and row.version != expected_version:
                 raise ConcurrencyConflict(instance_id, expected_version, row.state)
@@ -1132,6 +1143,7 @@ class Engine:
             comment=comment,
             now=now,
             entered=entered,
+            data_text=None if ctx.delta else getattr(row, "data_text", None),
         )
         if definition.has_deadlines:
             self._scheduler.on_change(
@@ -1187,8 +1199,12 @@ class Engine:
         now: datetime,
         entered: bool = False,
         detail: Mapping[str, Any] | None = None,
+        data_text: str | None = None,
     ) -> _Row:
-        """Append one hash-chained event and write the instance under its version lock."""
+        """Append one hash-chained event and write the instance under its version lock.
+
+        *data_text* is the stored JSON of *data* when it is unchanged (written back as is).
+        """
         seq = row.last_seq + 1
         event: dict[str, Any] = {
             "instance_id": row.id,
@@ -1220,6 +1236,7 @@ class Engine:
                 "hash": h,
                 "now": now,
                 "entered_seq": entered_seq,
+                "data_text": data_text,
             },
             event={**event, "prev_hash": row.last_hash, "hash": h},
         )
@@ -1629,6 +1646,7 @@ class _Row:
     last_seq: int
     last_hash: str
     entered_seq: int
+    data_text: str | None = None  # the stored JSON of data, when read as text
 
 
 def _instance_view(row: Any) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import json
 import operator
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from sangkien.store.writer import Pending, StaleRead, pending_of
 
 __all__ = ["DeadlineWrites", "HotPath"]
+
+_T = TypeVar("_T")
 
 _INSTANCE_COLUMNS = (
     "id",
@@ -167,10 +169,19 @@ class _InstanceWrite:
         return self.hot.cte_parts(n), params
 
 
+# the last datetime written and its text: a transition writes its moment several times
+_last_dt: tuple[datetime | None, str] = (None, "")
+
+
 def _sqlite_dt_out(value: datetime) -> str:
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", timespec="microseconds")[:26]  # without the "+00:00"
+    global _last_dt
+    last = _last_dt  # one read: another thread may replace it meanwhile
+    if value is last[0]:
+        return last[1]
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    text = utc.isoformat(" ", timespec="microseconds")[:26]  # without the "+00:00"
+    _last_dt = (value, text)
+    return text
 
 
 def _sqlite_dt_in(value: Any) -> datetime:
@@ -320,8 +331,13 @@ class HotPath:
         pending.add(_OutboxRows(rows))
         return True
 
-    def load(self, conn: sa.Connection, instance_id: str) -> dict[str, Any] | None:
-        """The instance row as a dict of Python values, or None."""
+    def load(self, conn: sa.Connection, instance_id: str, make: Callable[..., _T]) -> _T | None:
+        """The instance row, or None: ``make(*columns, data_text)`` with Python values.
+
+        *make* receives the columns of ``_INSTANCE_COLUMNS`` in order, then the stored JSON
+        of ``data`` as text when the driver returns it so (None otherwise): a transition that
+        leaves the data alone writes it back as it was read.
+        """
         pending = self.pending(conn)
         if pending is not None:
             row = pending.query(self.select_sql, {"id": instance_id}).fetchone()
@@ -336,11 +352,28 @@ class HotPath:
                 cur.close()
         if row is None:
             return None
-        out = dict(zip(_INSTANCE_COLUMNS, row, strict=True))
-        for k in ("state_entered_at", "created_at", "updated_at"):
-            out[k] = self.dt_in(out[k])
-        out["data"] = self.json_in(out["data"])
-        return out
+        (iid, wf, wf_version, state, entered, data, unit, parent, ref, by, created, updated,
+         version, seq, last_hash, entered_seq) = row  # fmt: skip
+        dt_in = self.dt_in
+        return make(
+            iid,
+            wf,
+            wf_version,
+            state,
+            dt_in(entered),
+            self.json_in(data),
+            unit,
+            parent,
+            ref,
+            by,
+            dt_in(created),
+            dt_in(updated),
+            version,
+            seq,
+            last_hash,
+            entered_seq,
+            data if isinstance(data, str) else None,
+        )
 
     def write(
         self, conn: sa.Connection, *, instance: Mapping[str, Any], event: Mapping[str, Any]
@@ -348,10 +381,11 @@ class HotPath:
         """UPDATE the instance under its version lock and INSERT the event; return rowcount."""
         now = self.dt_out(instance["now"])
         entered = instance["entered"]
+        text = instance.get("data_text")
         values = {
             "state": instance["state"],
             "entered": now if entered is instance["now"] else self.dt_out(entered),
-            "data": self.json_out(instance["data"]),
+            "data": text if text is not None else self.json_out(instance["data"]),
             "new_version": instance["version"] + 1,
             "seq": instance["seq"],
             "hash": instance["hash"],
