@@ -62,9 +62,15 @@ def _hash(prev: str, iid: str, seq: int, trigger: str, frm: str, to: str, at: da
 
 
 class RawSQLite:
-    """One sqlite3 connection (WAL, synchronous=NORMAL, as sangkien configures SQLite)."""
+    """One sqlite3 connection (WAL, synchronous=NORMAL, as sangkien configures SQLite).
 
-    def __init__(self, url: str) -> None:
+    SQLite checkpoints the WAL in the commit that takes it past 1,000 pages. With
+    *checkpoint_thread*, the connection does what the Engine's write connections do instead
+    (sangkien's :class:`~sangkien.store.writer.Checkpointer`): a thread checkpoints every
+    64 commits, the connection itself only at 4,000 pages.
+    """
+
+    def __init__(self, url: str, *, checkpoint_thread: bool = False) -> None:
         self.con = sqlite3.connect(
             sqlite_path(url), isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -72,6 +78,12 @@ class RawSQLite:
         self.con.execute("PRAGMA synchronous=NORMAL")
         self.con.execute("PRAGMA foreign_keys=ON")
         self.con.execute("PRAGMA busy_timeout=30000")
+        self.checkpointer: Any = None
+        if checkpoint_thread:
+            from sangkien.store.writer import Checkpointer
+
+            self.checkpointer = Checkpointer(sqlite_path(url))
+            self.checkpointer.adopt(self.con)
 
     def fire(
         self,
@@ -144,8 +156,12 @@ class RawSQLite:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.con.close()
 
 

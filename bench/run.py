@@ -60,8 +60,8 @@ def run_one(name: str, pg: str | None, quick: bool) -> Section | None:
     if name == "fire":
         import bench_fire
 
-        with urls(pg) as u:
-            return bench_fire.run(u, quick=quick)
+        with bench_fire.databases(pg) as dbs:
+            return bench_fire.run(dbs, quick=quick)
     if name == "scaling":
         if not pg:
             print("scaling: skipped (needs --postgresql)", file=sys.stderr)
