@@ -596,6 +596,10 @@ class Calendar:
 
     def period(self, start: datetime | date, duration: Duration | str) -> Period:
         """Count *duration* from the event at *start* and explain the result (see :meth:`due`)."""
+        return self._period(start, duration, explain=True)
+
+    def _period(self, start: datetime | date, duration: Duration | str, *, explain: bool) -> Period:
+        """The period; its days skipped are listed only if *explain* (``due`` needs none)."""
         dur = parse_duration(duration)
         local_start = self._start(start)
         if dur.exact:
@@ -605,23 +609,26 @@ class Calendar:
                 raise CalendarError(f"{dur} after {start} is out of range") from None
             return Period(local_start, dur, due, None, None, ())
         event_day = local_start.date()
+        skipped: tuple[tuple[date, str], ...] = ()
         try:
             if dur.unit == "working_days":
                 last = self.add_working_days(event_day, dur.amount)
                 nominal = last
-                skipped = tuple(
-                    (d, cast(str, self.why_not_working(d)))
-                    for d in _days(_shift(event_day, timedelta(days=1)), last)
-                    if not self.is_working_day(d)
-                )
+                if explain:
+                    skipped = tuple(
+                        (d, cast(str, self.why_not_working(d)))
+                        for d in _days(_shift(event_day, timedelta(days=1)), last)
+                        if not self.is_working_day(d)
+                    )
             else:
                 nominal = _add_calendar(event_day, dur.amount, dur.unit, +1)
                 last = nominal if self.is_working_day(nominal) else self.next_working_day(nominal)
-                skipped = tuple(
-                    (d, cast(str, self.why_not_working(d)))
-                    for d in _days(nominal, last)
-                    if d != last
-                )
+                if explain:
+                    skipped = tuple(
+                        (d, cast(str, self.why_not_working(d)))
+                        for d in _days(nominal, last)
+                        if d != last
+                    )
             due = self.end_of_day(last)
         except OverflowError:
             raise CalendarError(f"{dur} after {event_day} is out of range") from None
@@ -636,7 +643,7 @@ class Calendar:
         is not a working day moves to the next working day, and the period ends at the end of
         that day in the calendar's time zone.
         """
-        return self.period(start, duration).due
+        return self._period(start, duration, explain=False).due
 
     def before(self, due: datetime | date, duration: Duration | str) -> datetime:
         """Return when a reminder *duration* before *due* fires (aware UTC).
