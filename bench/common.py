@@ -145,11 +145,11 @@ def sqlite_url() -> Iterator[str]:
 def pg_schema(base_url: str, app: str = "sangkien-bench") -> Iterator[str]:
     """A URL to a fresh scratch schema of *base_url* (dropped at the end)."""
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(_driver(base_url))
+    admin = sa.create_engine(driver_url(base_url))
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = (
-        sa.engine.make_url(_driver(base_url))
+        sa.engine.make_url(driver_url(base_url))
         .update_query_dict({"options": f"-csearch_path={schema}", "application_name": app})
         .render_as_string(hide_password=False)
     )
@@ -161,7 +161,7 @@ def pg_schema(base_url: str, app: str = "sangkien-bench") -> Iterator[str]:
         admin.dispose()
 
 
-def _driver(url: str) -> str:
+def driver_url(url: str) -> str:
     u = sa.engine.make_url(url)
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
@@ -228,7 +228,7 @@ def bulk_instances(
     need; ``verify()`` would report them.
     """
     dialect = dialect_of(url)
-    db = sa.create_engine(_driver(url))
+    db = sa.create_engine(driver_url(url))
     params = {
         "a": start,
         "b": start + n - 1,
@@ -368,7 +368,7 @@ def machine() -> dict[str, str]:
 
 
 def pg_version(url: str) -> str:
-    db = sa.create_engine(_driver(url))
+    db = sa.create_engine(driver_url(url))
     try:
         with db.connect() as conn:
             return str(conn.exec_driver_sql("SHOW server_version").scalar())

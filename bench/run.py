@@ -26,9 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import sqlalchemy as sa
 from common import (
     ROOT,
     Section,
+    driver_url,
     machine,
     md_table,
     pg_schema,
@@ -38,7 +40,7 @@ from common import (
     targets_table,
 )
 
-ALL = ["fire", "scaling", "peers", "tick", "memory", "http"]
+ALL = ["fire", "peers", "scaling", "tick", "memory", "http"]
 BEGIN = "<!-- bench:begin (bench/run.py --write replaces everything down to bench:end) -->"
 END = "<!-- bench:end -->"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -54,6 +56,25 @@ def urls(pg: str | None, *, sqlite: bool = True) -> Iterator[dict[str, str]]:
         if pg:
             out["PostgreSQL"] = stack.enter_context(pg_schema(pg))
         yield out
+
+
+def settle(pg: str | None) -> None:
+    """Start a benchmark on a quiet disk: what the previous one left dirty is written now.
+
+    Without it, PostgreSQL's checkpoint and the kernel's writeback of the previous
+    benchmark's pages land in the middle of the next one.
+    """
+    if pg:
+        db = sa.create_engine(driver_url(pg))
+        try:
+            with db.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("CHECKPOINT")
+        except sa.exc.DBAPIError:  # CHECKPOINT needs a superuser or pg_checkpoint
+            pass
+        finally:
+            db.dispose()
+    os.sync()
+    time.sleep(1)
 
 
 def run_one(name: str, pg: str | None, quick: bool) -> Section | None:
@@ -281,6 +302,7 @@ def main() -> None:
     started = time.perf_counter()
     sections: list[Section] = []
     for name in chosen:
+        settle(args.postgresql)
         t0 = time.perf_counter()
         print(f"[bench] {name} …", file=sys.stderr, flush=True)
         sec = run_one(name, args.postgresql, args.quick)
