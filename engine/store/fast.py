@@ -457,6 +457,7 @@ class DeadlineWrites:
             f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
             f"({', '.join(p(c) for c in _TIMER_COLUMNS)})"
         )
+        self._timer_rows: dict[int, str] = {}
         # PostgreSQL: the deadline and its timers in one statement (no id comes back)
         self.insert_deadline_timers_sql = (
             f"WITH d AS (INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
@@ -498,7 +499,7 @@ class DeadlineWrites:
         for k in ("anchor_at", "base_due_at", "due_at", "paused_at", "created_at"):
             if v[k] is not None:
                 v[k] = h.dt_out(v[k])
-        v["shifts"] = h.json_out(list(v["shifts"]))
+        v["shifts"] = h.json_out(list(v["shifts"])) if v["shifts"] else "[]"
         if h.postgres:
             h.submit(conn, _InsertDeadline(self, v, timers))
             return
@@ -506,22 +507,29 @@ class DeadlineWrites:
         try:
             cur.execute(self.insert_deadline_sql, h._params(_DEADLINE_COLUMNS, v))
             did = int(cur.fetchone()[0])
+            if timers:  # one statement for all of them (columns in _TIMER_COLUMNS order)
+                iid = v["instance_id"]
+                cur.execute(
+                    self._timer_rows_sql(len(timers)),
+                    [
+                        x
+                        for kind, step, at in timers
+                        for x in (did, iid, kind, step, h.dt_out(at), "pending")
+                    ],
+                )
         finally:
             cur.close()
-        self.insert_timers(
-            conn,
-            [
-                {
-                    "deadline_id": did,
-                    "instance_id": v["instance_id"],
-                    "kind": kind,
-                    "step": step,
-                    "fire_at": at,
-                    "status": "pending",
-                }
-                for kind, step, at in timers
-            ],
-        )
+
+    def _timer_rows_sql(self, n: int) -> str:
+        """INSERT of *n* timer rows in one statement (SQLite, positional parameters)."""
+        found = self._timer_rows.get(n)
+        if found is None:
+            row = "(" + ", ".join("?" for _ in _TIMER_COLUMNS) + ")"
+            found = self._timer_rows[n] = (
+                f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
+                + ", ".join([row] * n)
+            )
+        return found
 
     def insert_timers(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         h = self.hot
