@@ -56,8 +56,9 @@ class Settings(BaseSettings):
         "", description="Directory YAML (units, people, roles, contacts); default: the demo one."
     )
     link_pattern: str = Field(
-        "", description="Link to an instance in the host platform, e.g. "
-        "'https://portal.example/sang-kien/{instance_id}'."
+        "",
+        description="Link to an instance in the host platform, e.g. "
+        "'https://portal.example/sang-kien/{instance_id}'.",
     )
     smtp_host: str = "localhost"
     smtp_port: int = 25
