@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -160,3 +161,27 @@ def test_no_checkpointer_where_sqlite_has_no_file_or_on_postgresql(db_url: str) 
         assert has == db_url.startswith("sqlite")
     with Engine("sqlite://", workflows=[RACE], migrate=True) as engine:  # in memory
         assert engine._writer is None or engine._writer.checkpointer is None
+
+
+def test_the_checkpointer_opens_the_engines_file_wherever_the_process_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative URL names the file where the Engine was built; the thread never makes one."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    with Engine("sqlite:///rel.db", workflows=[RACE], migrate=True) as engine:
+        assert engine._writer is not None and engine._writer.checkpointer is not None
+        checkpointer = engine._writer.checkpointer
+        iid = engine.start("race", actor=RACER).id
+        monkeypatch.chdir(elsewhere)
+        checkpointer.every = 1  # wake it on every commit
+        for _ in range(20):
+            engine.fire(iid, "bump", actor=RACER)
+        deadline = time.monotonic() + 10
+        while checkpointer.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.runs >= 1  # it checkpointed: it opened the Engine's file
+    assert list(elsewhere.iterdir()) == []  # no stray database where the process went
+    assert (home / "rel.db").exists()

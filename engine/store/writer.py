@@ -25,10 +25,12 @@ On a SQLite file the kept connections leave WAL checkpoints to a thread of the W
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import weakref
 from typing import Any, Protocol
+from urllib.request import pathname2url
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -340,12 +342,14 @@ class Checkpointer:
     limit = 4_000  # pages (16 MB): the kept connections' own checkpoint
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        # absolute: the process may change directory, and this opens its own connection
+        self.path = os.path.abspath(path)
         self.runs = 0  # checkpoints run (tests, metrics)
         self._commits = 0  # since the last wake-up; approximate across threads
-        self._wake = threading.Event()
-        self._stopping = False
+        self._lock = threading.Lock()  # starting and stopping the thread
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
 
     @classmethod
     def for_engine(cls, db: sa.Engine) -> Checkpointer | None:
@@ -374,31 +378,46 @@ class Checkpointer:
     def wake(self) -> None:
         thread = self._thread
         if thread is None or not thread.is_alive():  # the first time, or in a forked child
-            self._stopping = False
-            thread = self._thread = threading.Thread(
-                target=self._run, name="sangkien-checkpoint", daemon=True
-            )
-            thread.start()
+            with self._lock:
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    # each thread has its own events: one being stopped never sees the next's
+                    self._wake, self._stop = threading.Event(), threading.Event()
+                    thread = self._thread = threading.Thread(
+                        target=self._run,
+                        args=(self._wake, self._stop),
+                        name="sangkien-checkpoint",
+                        daemon=True,
+                    )
+                    thread.start()
         self._wake.set()
 
     def stop(self, *, wait: bool = True) -> None:
         """End the thread (it is started again by the next wake-up)."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        if wait:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._stop.set()
+            self._wake.set()
+        if wait and thread is not threading.current_thread():
             thread.join(timeout=10)
 
-    def _run(self) -> None:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        con.execute("PRAGMA busy_timeout=1000")
+    def _run(self, wake: threading.Event, stop: threading.Event) -> None:
+        try:  # never creates the file: the Engine's connections did
+            con = sqlite3.connect(
+                f"file:{pathname2url(self.path)}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error:  # gone or unreadable: the kept connections' limit still holds
+            return
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
+                wake.wait()
+                wake.clear()
+                if stop.is_set():
                     return
                 try:
                     con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
