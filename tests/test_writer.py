@@ -185,3 +185,76 @@ def test_the_checkpointer_opens_the_engines_file_wherever_the_process_goes(
         assert checkpointer.runs >= 1  # it checkpointed: it opened the Engine's file
     assert list(elsewhere.iterdir()) == []  # no stray database where the process went
     assert (home / "rel.db").exists()
+
+
+def _sqlite_db(url: str, autocheckpoint: int) -> sa.Engine:
+    """A host's engine whose connections come with their own wal_autocheckpoint."""
+    db = create_db_engine(url)
+
+    @sa.event.listens_for(db, "connect")
+    def _own(dbapi_conn: object, _record: object) -> None:
+        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")  # type: ignore[attr-defined]
+
+    return db
+
+
+def test_the_hosts_own_checkpoint_setting_is_kept(sqlite_url: str) -> None:
+    db = _sqlite_db(sqlite_url, 500)
+    with Engine(db, workflows=[RACE], migrate=True) as engine:
+        assert engine._writer is not None and engine._writer.checkpointer is not None
+        engine.start("race", actor=RACER)
+        kept = engine._writer._idle[0].connection.driver_connection
+        assert _autocheckpoint(kept) == engine._writer.checkpointer.limit
+    with db.connect() as conn:  # back in the pool with the host's 500, not SQLite's 1,000
+        assert _autocheckpoint(conn.connection.driver_connection) == 500
+    db.dispose()
+
+
+def test_a_host_that_checkpoints_itself_is_left_to_it(sqlite_url: str) -> None:
+    db = _sqlite_db(sqlite_url, 0)  # e.g. a replication tool that runs the checkpoints
+    with Engine(db, workflows=[RACE], migrate=True) as engine:
+        assert engine._writer is not None and engine._writer.checkpointer is not None
+        checkpointer = engine._writer.checkpointer
+        iid = engine.start("race", actor=RACER).id
+        for _ in range(2 * checkpointer.every):
+            engine.fire(iid, "bump", actor=RACER)
+        kept = engine._writer._idle[0].connection.driver_connection
+        assert _autocheckpoint(kept) == 0
+        assert checkpointer.off and checkpointer._thread is None and checkpointer.runs == 0
+    db.dispose()
+
+
+def test_a_commit_stands_when_no_checkpoint_thread_can_start(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sangkien.store.writer import Checkpointer
+
+    def refuse(self: Checkpointer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Checkpointer, "wake", refuse)
+    monkeypatch.setattr(Checkpointer, "every", 1)
+    with Engine(sqlite_url, workflows=[RACE], migrate=True) as engine:
+        iid = engine.start("race", actor=RACER).id
+        for n in range(1, 4):  # each fire is reported as it happened: written
+            assert engine.fire(iid, "bump", actor=RACER).data["count"] == n
+        assert engine.get(iid).data["count"] == 3
+        assert len(engine.history(iid)) == 4
+
+
+def test_an_idle_checkpoint_thread_ends_and_comes_back(sqlite_url: str) -> None:
+    """A dropped or quiet Engine holds no thread; the next writes start one again."""
+    with Engine(sqlite_url, workflows=[RACE], migrate=True) as engine:
+        assert engine._writer is not None and engine._writer.checkpointer is not None
+        checkpointer = engine._writer.checkpointer
+        checkpointer.idle = 0.2
+        checkpointer.every = 1
+        iid = engine.start("race", actor=RACER).id
+        engine.fire(iid, "bump", actor=RACER)
+        first = checkpointer._thread
+        assert first is not None
+        first.join(timeout=10)
+        assert not first.is_alive()  # ended on its own
+        engine.fire(iid, "bump", actor=RACER)
+        second = checkpointer._thread
+        assert second is not None and second is not first and second.is_alive()

@@ -25,6 +25,7 @@ On a SQLite file the kept connections leave WAL checkpoints to a thread of the W
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -257,18 +258,18 @@ class Writer:
                         conn.commit()  # SQLAlchemy's bookkeeping; on PostgreSQL already done
                     elif not self.postgres:
                         driver.commit()
-                    if self.checkpointer is not None:
-                        self.checkpointer.committed()
-                    return
                 except BaseException as failed:
                     exc = failed
                     self._failed(conn, pending, failed)
                     raise
-            self._failed(conn, pending, exc)
+            else:
+                self._failed(conn, pending, exc)
         finally:
             if exc is not None:
                 reusable = self._rollback(conn, driver) and not self._is_disconnect(exc, conn)
             self._release(conn, reusable)
+        if exc is None and self.checkpointer is not None:  # committed: nothing here may
+            self.checkpointer.committed()  # report otherwise
 
     def _failed(self, conn: sa.Connection, pending: Pending | None, exc: BaseException) -> None:
         stale = pending is not None and not pending.sent and self._is_disconnect(exc, conn)
@@ -335,11 +336,15 @@ class Checkpointer:
     own. SQLite starts the log again from its beginning only after a checkpoint that
     copied all of it, and under a steady stream of writes the thread never quite catches
     up; so the kept connections still checkpoint themselves, at :attr:`limit` pages, when
-    little is left to copy. Every other connection keeps SQLite's default.
+    little is left to copy. Every other connection keeps its setting, and a kept one gets
+    its own back when it returns to the pool. A host that turned SQLite's checkpoints off
+    (``wal_autocheckpoint=0``) runs them itself: then this stays off. The thread ends after
+    :attr:`idle` seconds without a wake-up and starts again with the next one.
     """
 
     every = 64  # commits between wake-ups; a transition writes 5-10 pages
     limit = 4_000  # pages (16 MB): the kept connections' own checkpoint
+    idle = 30.0  # seconds without a wake-up after which the thread ends (it comes back)
 
     def __init__(self, path: str) -> None:
         # absolute: the process may change directory, and this opens its own connection
@@ -350,30 +355,49 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._saved: dict[int, int] = {}  # each kept connection's own setting, by id
+        # off when the host checkpoints itself (wal_autocheckpoint=0) or the file cannot
+        # be opened from the thread
+        self.off = False
 
     @classmethod
     def for_engine(cls, db: sa.Engine) -> Checkpointer | None:
-        """One for a SQLite database file; None for PostgreSQL and in-memory databases."""
+        """One for a SQLite file opened with the standard driver; None otherwise."""
         path = db.url.database
         if db.dialect.name != "sqlite" or not path or path == ":memory:":
             return None
         if path.startswith("file:"):  # a URI filename; SQLite knows best where it points
             return None
+        # the thread's connection uses this module: another SQLite library in the same
+        # process on the same file could drop this one's locks
+        if getattr(db.dialect.dbapi, "__name__", "") not in ("sqlite3", "sqlite3.dbapi2"):
+            return None
         return cls(path)
 
     def adopt(self, driver: Any) -> None:
         """A connection kept by the Writer: it leaves checkpoints to this thread."""
+        own = int(driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        if own == 0:  # the host runs its checkpoints itself: leave them to it
+            self.off = True
+            return
+        self._saved[id(driver)] = own
         driver.execute(f"PRAGMA wal_autocheckpoint={self.limit}")
 
     def release(self, driver: Any) -> None:
-        """A connection given back to the pool: SQLite's default again."""
-        driver.execute("PRAGMA wal_autocheckpoint=1000")
+        """A connection given back to the pool: its own setting again."""
+        own = self._saved.pop(id(driver), None)
+        if own is not None:
+            driver.execute(f"PRAGMA wal_autocheckpoint={own}")
 
     def committed(self) -> None:
         self._commits += 1
         if self._commits >= self.every:
             self._commits = 0
-            self.wake()
+            if not self.off:
+                # no thread to be had (shutting down): SQLite's own checkpoint at the limit
+                # still keeps the log bounded
+                with contextlib.suppress(RuntimeError):
+                    self.wake()
 
     def wake(self) -> None:
         thread = self._thread
@@ -411,11 +435,13 @@ class Checkpointer:
                 isolation_level=None,
                 check_same_thread=False,
             )
-        except sqlite3.Error:  # gone or unreadable: the kept connections' limit still holds
+        except sqlite3.Error:  # unreadable from here: the kept connections' limit still holds
+            self.off = True
             return
         try:
             while True:
-                wake.wait()
+                if not wake.wait(self.idle):
+                    return  # nothing written for a while (or the Engine was dropped)
                 wake.clear()
                 if stop.is_set():
                     return
