@@ -453,11 +453,10 @@ class DeadlineWrites:
             f"INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
             f"({deadline_values}) RETURNING id"
         )
-        self.insert_timer_sql = (
-            f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
-            f"({', '.join(p(c) for c in _TIMER_COLUMNS)})"
-        )
-        self._timer_rows: dict[int, str] = {}
+        self._timer_into = f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
+        self._timer_row = f"({', '.join(p(c) for c in _TIMER_COLUMNS)})"
+        self.insert_timer_sql = self._timer_into + self._timer_row
+        self._timer_rows: dict[int, str] = {}  # SQLite: n rows in one INSERT, by n
         # PostgreSQL: the deadline and its timers in one statement (no id comes back)
         self.insert_deadline_timers_sql = (
             f"WITH d AS (INSERT INTO sk_deadlines ({', '.join(_DEADLINE_COLUMNS)}) VALUES "
@@ -507,29 +506,12 @@ class DeadlineWrites:
         try:
             cur.execute(self.insert_deadline_sql, h._params(_DEADLINE_COLUMNS, v))
             did = int(cur.fetchone()[0])
-            if timers:  # one statement for all of them (columns in _TIMER_COLUMNS order)
-                iid = v["instance_id"]
-                cur.execute(
-                    self._timer_rows_sql(len(timers)),
-                    [
-                        x
-                        for kind, step, at in timers
-                        for x in (did, iid, kind, step, h.dt_out(at), "pending")
-                    ],
-                )
+            iid = v["instance_id"]
+            self._insert_timer_rows(
+                cur, [(did, iid, kind, step, h.dt_out(at), "pending") for kind, step, at in timers]
+            )
         finally:
             cur.close()
-
-    def _timer_rows_sql(self, n: int) -> str:
-        """INSERT of *n* timer rows in one statement (SQLite, positional parameters)."""
-        found = self._timer_rows.get(n)
-        if found is None:
-            row = "(" + ", ".join("?" for _ in _TIMER_COLUMNS) + ")"
-            found = self._timer_rows[n] = (
-                f"INSERT INTO sk_timers ({', '.join(_TIMER_COLUMNS)}) VALUES "
-                + ", ".join([row] * n)
-            )
-        return found
 
     def insert_timers(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         h = self.hot
@@ -539,13 +521,22 @@ class DeadlineWrites:
             for one in params:
                 pending.add(_Statement(self.insert_timer_sql, one))
             return
-        if not params:
-            return
         cur = h.cursor(conn)
         try:
-            cur.executemany(self.insert_timer_sql, params)
+            self._insert_timer_rows(cur, params)
         finally:
             cur.close()
+
+    def _insert_timer_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """SQLite: timer rows (in ``_TIMER_COLUMNS`` order) as one INSERT."""
+        if not rows:
+            return
+        sql = self._timer_rows.get(len(rows))
+        if sql is None:
+            sql = self._timer_rows[len(rows)] = self._timer_into + ", ".join(
+                [self._timer_row] * len(rows)
+            )
+        cur.execute(sql, [x for row in rows for x in row])
 
     def close_state(self, conn: sa.Connection, instance_id: str, now: datetime, note: str) -> None:
         """Close the instance's open state deadline and cancel its pending timers."""
