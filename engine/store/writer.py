@@ -29,7 +29,6 @@ import contextlib
 import os
 import sqlite3
 import threading
-import weakref
 from typing import Any, Protocol
 from urllib.request import pathname2url
 
@@ -163,9 +162,8 @@ class Writer:
         self._cursors: dict[int, Any] = {}  # one driver cursor per kept PostgreSQL connection
         self._lock = threading.Lock()
         self.postgres = db.dialect.name == "postgresql"
+        # an Engine dropped unclosed holds no thread for long: it ends when idle
         self.checkpointer = Checkpointer.for_engine(db)
-        if self.checkpointer is not None:  # an Engine dropped unclosed ends its thread too
-            weakref.finalize(self, self.checkpointer.stop, wait=False)
         # Engine.dispose() (a host recycling its pool, a forked child) drops ours too
         event.listen(db, "engine_disposed", self._on_dispose)
 
