@@ -4,7 +4,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import structlog
-from anyio import CapacityLimiter, to_thread
+from anyio import CancelScope, CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Header, Request, Security
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from sangkien.api.problems import ApiError, problem_route
 from sangkien.api.settings import ApiSettings
 from sangkien.model import Actor
 from sangkien.runtime import Engine
+from sangkien.store.writer import OffLoop, run_on_loop
 
 __all__ = ["ApiContext"]
 
@@ -82,7 +83,13 @@ class ApiContext:
         self._writers: RunVar[CapacityLimiter] = RunVar("sangkien.api.writers")
 
     async def write(self, func: Callable[..., T], *args: Any) -> T:
-        """Run the engine write *func(*args)* (a start, a fire) in a worker thread.
+        """Run the engine write *func(*args)* (a start, a fire).
+
+        On PostgreSQL it runs on the event loop, awaiting the database there
+        (:func:`~sangkien.store.writer.run_on_loop`): a hop to a worker thread and back cost
+        about a fifth of the server's time per fire. A write that finds no kept connection
+        free, and any write on SQLite, runs in a worker thread. Once begun, a write runs
+        to its end even if the client goes away, in a thread or on the loop alike.
 
         At most ``write_concurrency`` run at once; the others wait on the event loop. More
         would not write faster (SQLite has one writer, and past the Engine's kept
@@ -95,6 +102,13 @@ class ApiContext:
         except LookupError:
             limiter = CapacityLimiter(self.write_concurrency)
             self._writers.set(limiter)
+        if self.engine.writes_on_loop:
+            async with limiter:
+                with CancelScope(shield=True):
+                    try:
+                        return await run_on_loop(func, *args)
+                    except OffLoop:
+                        pass  # this one opens a connection in a thread; it is kept after
         return await to_thread.run_sync(func, *args, limiter=limiter)
 
     # -- dependencies

@@ -1,0 +1,196 @@
+"""PostgreSQL writes on an asyncio event loop (``run_on_loop``), as the API runs them."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from sangkien import Actor, Engine, TransitionNotAllowed
+from sangkien.api.context import ApiContext
+from sangkien.api.settings import ApiSettings
+from sangkien.store.db import create_db_engine
+from sangkien.store.writer import OffLoop, Writer, run_on_loop
+
+RACE = Path(__file__).resolve().parent / "workflows" / "race.yaml"
+RACER = Actor("ref", ["racer"], "lab")
+
+
+def _sleep_in_a_write(writer: Writer, seconds: float) -> int:
+    with writer.transaction() as conn:
+        conn.exec_driver_sql(f"SELECT pg_sleep({seconds})")
+    return threading.get_ident()
+
+
+@pytest.mark.postgresql
+def test_a_write_on_the_loop_lets_the_loop_run_while_it_waits(pg_url: str) -> None:
+    db = create_db_engine(pg_url)
+    writer = Writer(db)
+    _sleep_in_a_write(writer, 0)  # in this thread: opens the connection that is then kept
+    ticks = 0
+
+    async def main() -> tuple[int, int]:
+        nonlocal ticks
+        done = anyio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            ident = await run_on_loop(_sleep_in_a_write, writer, 0.3)
+            done.set()
+        return ident, threading.get_ident()
+
+    ran_on, loop_thread = anyio.run(main)
+    assert ran_on == loop_thread  # no worker thread
+    assert ticks >= 10  # the loop went on for the 0.3 s the server slept
+    assert db.pool.checkedout() == 1  # the kept connection, back in its place
+    writer.close()
+    db.dispose()
+
+
+@pytest.mark.postgresql
+def test_a_write_that_would_open_a_connection_is_left_to_a_thread(pg_url: str) -> None:
+    db = create_db_engine(pg_url)
+    with Engine(db, workflows=[RACE], migrate=True) as engine:
+        iid = engine.start("race", actor=RACER).id  # keeps one connection
+        writer = Writer(db)  # keeps none yet
+
+        async def on_loop() -> None:
+            await run_on_loop(_sleep_in_a_write, writer, 0)
+
+        with pytest.raises(OffLoop):
+            anyio.run(on_loop)
+        assert db.pool.checkedout() == 1  # nothing was opened for it
+        _sleep_in_a_write(writer, 0)  # a thread opens one; the loop may use it from now on
+        anyio.run(on_loop)
+        assert engine.fire(iid, "bump", actor=RACER).data["count"] == 1
+        writer.close()
+    db.dispose()
+
+
+@pytest.mark.postgresql
+def test_a_write_on_the_loop_sees_the_callers_context(pg_url: str) -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    db = create_db_engine(pg_url)
+    writer = Writer(db)
+    _sleep_in_a_write(writer, 0)
+
+    def work() -> str:
+        with writer.transaction() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        seen = request_id.get()
+        request_id.set("changed inside")
+        return seen
+
+    async def main() -> tuple[str, str]:
+        request_id.set("r-42")
+        seen = await run_on_loop(work)
+        return seen, request_id.get()
+
+    assert anyio.run(main) == ("r-42", "r-42")  # a copy: the write's changes stay inside
+    writer.close()
+    db.dispose()
+
+
+@pytest.mark.postgresql
+def test_concurrent_fires_on_the_loop_lose_no_update(pg_url: str) -> None:
+    """Four fires at a time on one loop, on eight instances: every bump counted once."""
+    engine = Engine(pg_url, workflows=[RACE], migrate=True)
+    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+    ids = [engine.start("race", actor=RACER).id for _ in range(8)]
+    threads: set[int] = set()
+
+    def bump(iid: str) -> None:
+        engine.fire(iid, "bump", actor=RACER)
+        threads.add(threading.get_ident())
+
+    async def main() -> int:
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                for iid in ids:
+                    tg.start_soon(ctx.write, bump, iid)
+        return threading.get_ident()
+
+    loop_thread = anyio.run(main)
+    assert [engine.get(i).data["count"] for i in ids] == [10] * 8
+    assert engine.verify() == []
+    assert loop_thread in threads  # most ran on the loop
+    engine.close()
+
+
+@pytest.mark.postgresql
+def test_a_refusal_on_the_loop_rolls_back_and_keeps_the_connection(pg_url: str) -> None:
+    db = create_db_engine(pg_url)
+    engine = Engine(db, workflows=[RACE], migrate=True)
+    iid = engine.start("race", actor=RACER).id
+    engine.fire(iid, "go_left", actor=RACER)
+
+    async def main() -> None:
+        with pytest.raises(TransitionNotAllowed, match="cannot be fired"):
+            await run_on_loop(partial(engine.fire, iid, "go_left", actor=RACER))
+        after = await run_on_loop(partial(engine.fire, iid, "reset", actor=RACER))
+        assert after.state == "idle"
+
+    anyio.run(main)
+    assert db.pool.checkedout() == 1  # one kept connection throughout
+    assert engine.fire(iid, "bump", actor=RACER).version == 4  # and usable from a thread
+    assert engine.verify() == []
+    engine.close()
+    db.dispose()
+
+
+@pytest.mark.postgresql
+def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
+    """Cancelling the request mid-write (the instance row locked elsewhere) changes nothing:
+    the fire commits when the lock goes, as it would in a thread."""
+    db = create_db_engine(pg_url)
+    engine = Engine(db, workflows=[RACE], migrate=True)
+    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+    iid = engine.start("race", actor=RACER).id
+    locker = db.connect()
+    locker.execute(sa.text("SELECT 1 FROM sk_instances WHERE id = :i FOR UPDATE"), {"i": iid})
+    unlock = threading.Timer(0.6, locker.rollback)
+
+    async def main() -> bool:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ctx.write, partial(engine.fire, iid, "bump", actor=RACER))
+                await anyio.sleep(0.3)  # the fire now waits on the row lock
+                unlock.start()
+                scope.cancel()
+        return scope.cancelled_caught
+
+    assert anyio.run(main)
+    unlock.join()
+    assert engine.get(iid).data["count"] == 1  # the abandoned fire committed
+    assert engine.fire(iid, "bump", actor=RACER).data["count"] == 2
+    locker.close()
+    engine.close()
+    db.dispose()
+
+
+def test_sqlite_writes_stay_in_threads(sqlite_url: str) -> None:
+    with Engine(sqlite_url, workflows=[RACE], migrate=True) as engine:
+        assert not engine.writes_on_loop
+        ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+        iid = engine.start("race", actor=RACER).id
+
+        async def main() -> tuple[int, int]:
+            def fire() -> int:
+                engine.fire(iid, "bump", actor=RACER)
+                return threading.get_ident()
+
+            return await ctx.write(fire), threading.get_ident()
+
+        ran_on, loop_thread = anyio.run(main)
+        assert ran_on != loop_thread
