@@ -96,6 +96,16 @@ transitions:
   - {trigger: recognize, from: decided, to: recognized, roles: [clerk]}
 """
 LIFECYCLE_STEPS = ["submit", "review", "score", "decide", "recognize"]
+# the same lifecycle without the deadline (the peers' like-for-like comparison without timers)
+LIFECYCLE_PLAIN = LIFECYCLE.replace("workflow: lifecycle", "workflow: lifecycle_plain").replace(
+    """  submitted:
+    deadline:
+      after: 10 days
+      remind: [1 day]
+""",
+    "  submitted: {}\n",
+)
+assert "deadline" not in LIFECYCLE_PLAIN
 
 
 def workflow_files(directory: Path) -> list[Path]:
@@ -105,6 +115,7 @@ def workflow_files(directory: Path) -> list[Path]:
         ("bench_plain", PLAIN),
         ("bench_deadline", DEADLINE),
         ("lifecycle", LIFECYCLE),
+        ("lifecycle_plain", LIFECYCLE_PLAIN),
     ):
         p = directory / f"{name}.yaml"
         p.write_text(text, encoding="utf-8")
@@ -115,7 +126,12 @@ def workflow_files(directory: Path) -> list[Path]:
 def definitions() -> list[Any]:
     from sangkien import parse_definition
 
-    return [parse_definition(PLAIN), parse_definition(DEADLINE), parse_definition(LIFECYCLE)]
+    return [
+        parse_definition(PLAIN),
+        parse_definition(DEADLINE),
+        parse_definition(LIFECYCLE),
+        parse_definition(LIFECYCLE_PLAIN),
+    ]
 
 
 def actor() -> Any:
