@@ -107,6 +107,7 @@ STEPS = [
     ("uvicorn/protocols/http/h11_impl.py", "data_received", "HTTP parsing (h11)"),
     ("starlette/middleware/base.py", "__call__", "BaseHTTPMiddleware"),
     ("anyio/to_thread.py", "run_sync", "thread-pool hop (to_thread.run_sync)"),
+    ("store/writer.py", "run_on_loop", "write on the event loop (run_on_loop)"),
     ("api/instances.py", "refused", "refusal metric lookup"),
 ]
 
@@ -172,7 +173,10 @@ def section(urls: dict[str, str], n: int) -> Section:
         "Profile of the API server during HTTP fires",
         f"cProfile of the uvicorn process (event loop and thread pool) while one client fires "
         f"{n:,} plain transitions, in µs per request under the profiler; time spent waiting "
-        "for requests is left out.",
+        "for requests is left out. Fires run on the event loop in a greenlet "
+        "(`run_on_loop`); cProfile does not follow greenlet switches, so on PostgreSQL, "
+        "where the write switches back to the loop at each wait, the cumulative figures of "
+        "the steps inside it (`Engine.fire`) are not reliable: read the own times.",
     )
     for backend, url in urls.items():
         st = profile(url, n)

@@ -585,9 +585,10 @@ class Engine:
     @property
     def writes_on_loop(self) -> bool:
         """Whether a write may run on an asyncio event loop through
-        :func:`sangkien.store.writer.run_on_loop`, awaiting the database there (PostgreSQL,
-        kept connections, no host transaction)."""
-        return self._writer is not None and self._conn is None and self._writer.waits_on_loop
+        :func:`sangkien.store.writer.run_on_loop` without blocking it (kept connections, no
+        host transaction; PostgreSQL awaits the server there, SQLite never waits for its
+        lock)."""
+        return self._writer is not None and self._conn is None and self._writer.runs_on_loop
 
     def close(self) -> None:
         """Release the kept connections and the pool (the pool only if this Engine made it)."""

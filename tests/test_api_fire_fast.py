@@ -264,32 +264,33 @@ def test_the_app_documents_what_a_host_including_the_router_documents(api: Api) 
 
 
 def test_writes_run_at_most_write_concurrency_at_once(api: Api) -> None:
-    """Starts and fires past the limit wait on the event loop, not in a thread."""
+    """Starts and fires past the limit wait their turn; the others wait on the event loop."""
     import asyncio
-    import threading
+
+    import greenlet
 
     from sangkien.api import ApiContext
 
     ctx = ApiContext(api.engine, ApiSettings(jwt_secret=SECRET), write_concurrency=2)
-    lock = threading.Lock()
-    release = threading.Event()
-    entered = threading.Semaphore(0)
+    assert api.engine.writes_on_loop
     inside: list[int] = [0, 0]  # now, most
 
-    def write() -> str:
-        with lock:
+    async def main() -> list[str]:
+        release = asyncio.Event()
+        entered = asyncio.Semaphore(0)
+
+        def write() -> str:
             inside[0] += 1
             inside[1] = max(inside)
-        entered.release()
-        release.wait(30)
-        with lock:
+            entered.release()
+            # waits as the Engine's writes do on the loop: the loop awaits for it
+            greenlet.getcurrent().parent.switch(release.wait())
             inside[0] -= 1
-        return "done"
+            return "done"
 
-    async def main() -> list[str]:
         tasks = [asyncio.ensure_future(ctx.write(write)) for _ in range(6)]
         for _ in range(2):
-            await asyncio.to_thread(entered.acquire)
+            await entered.acquire()
         await asyncio.sleep(0.2)  # room for a third to get in, were it let
         assert inside == [2, 2]
         release.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sqlite3
 import threading
 from functools import partial
 from pathlib import Path
@@ -179,18 +180,37 @@ def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
     db.dispose()
 
 
-def test_sqlite_writes_stay_in_threads(sqlite_url: str) -> None:
+def test_sqlite_writes_run_on_the_loop_unless_another_writer_has_the_lock(
+    sqlite_url: str,
+) -> None:
     with Engine(sqlite_url, workflows=[RACE], migrate=True) as engine:
-        assert not engine.writes_on_loop
+        assert engine.writes_on_loop
         ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
-        iid = engine.start("race", actor=RACER).id
+        iid = engine.start("race", actor=RACER).id  # keeps a connection
+
+        def fire() -> int:
+            engine.fire(iid, "bump", actor=RACER)
+            return threading.get_ident()
 
         async def main() -> tuple[int, int]:
-            def fire() -> int:
-                engine.fire(iid, "bump", actor=RACER)
-                return threading.get_ident()
-
             return await ctx.write(fire), threading.get_ident()
 
         ran_on, loop_thread = anyio.run(main)
-        assert ran_on != loop_thread
+        assert ran_on == loop_thread
+
+        other = sqlite3.connect(
+            sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 0.3 s
+        threading.Timer(0.3, other.rollback).start()
+        ran_on, loop_thread = anyio.run(main)
+        assert ran_on != loop_thread  # in a thread, which waited for the lock
+        other.close()
+        assert engine.get(iid).data["count"] == 2
+        with engine.db.connect() as conn:  # the kept connection waits for locks again
+            timeouts = {
+                c.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+                for c in engine._writer._idle  # type: ignore[union-attr]
+            }
+            conn.rollback()
+        assert timeouts == {30000}

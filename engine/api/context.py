@@ -85,11 +85,14 @@ class ApiContext:
     async def write(self, func: Callable[..., T], *args: Any) -> T:
         """Run the engine write *func(*args)* (a start, a fire).
 
-        On PostgreSQL it runs on the event loop, awaiting the database there
-        (:func:`~sangkien.store.writer.run_on_loop`): a hop to a worker thread and back cost
-        about a fifth of the server's time per fire. A write that finds no kept connection
-        free, and any write on SQLite, runs in a worker thread. Once begun, a write runs
-        to its end even if the client goes away, in a thread or on the loop alike.
+        It runs on the event loop (:func:`~sangkien.store.writer.run_on_loop`): a hop to a
+        worker thread and back cost about a fifth of the server's time per fire. On
+        PostgreSQL its waits for the server await the socket there; on SQLite it never
+        waits for the write lock. A write that finds no kept connection free, or the SQLite
+        file locked by another writer, runs in a worker thread instead. Once begun, a write
+        runs to its end even if the client goes away, on the loop or in a thread alike.
+        *func* must do its waiting through the Engine: anything else that blocks would
+        block the loop.
 
         At most ``write_concurrency`` run at once; the others wait on the event loop. More
         would not write faster (SQLite has one writer, and past the Engine's kept

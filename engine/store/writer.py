@@ -22,13 +22,14 @@ connection (:class:`StaleConnection`); the other kept connections are dropped wi
 On a SQLite file the kept connections leave WAL checkpoints to a thread of the Writer
 (:class:`Checkpointer`), so that no transition pays for copying the log back.
 
-An asyncio server may run a PostgreSQL write on its event loop instead of in a thread
-(:func:`run_on_loop`): the write's Python code runs on the loop, and each wait for the
-server awaits the socket there, as an async driver would. A hop to a worker thread and back
-cost about a fifth of an HTTP fire's server time. The write runs in a greenlet, so the
-Engine stays synchronous; only kept connections wait this way, and a write that would have
-to open a connection raises :class:`OffLoop` before sending anything, for the caller to
-run it in a thread.
+An asyncio server may run a write on its event loop instead of in a thread
+(:func:`run_on_loop`): a hop to a worker thread and back cost about a fifth of an HTTP
+fire's server time. The write runs in a greenlet, so the Engine stays synchronous. On
+PostgreSQL each wait for the server awaits the socket on the loop, as an async driver
+would. On SQLite nothing waits but the write lock: the transaction is begun without
+waiting for it. A write that would have to open a connection, or find the SQLite file
+locked by another writer, raises :class:`OffLoop` before anything is written, for the
+caller to run it in a thread.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from urllib.request import pathname2url
 import sqlalchemy as sa
 from sqlalchemy import event
 
-try:  # PostgreSQL writes on an event loop (the postgresql extra installs it)
+try:  # writes on an event loop
     import greenlet
 except ImportError:  # pragma: no cover - every write then runs where it is called
     greenlet = None  # type: ignore[assignment]
@@ -87,7 +88,7 @@ class StaleRead(Exception):
 
 
 class OffLoop(Exception):
-    """A write on the event loop needs a connection opened, which would block the loop.
+    """A write on the event loop would block it: a connection to open, a lock to wait for.
 
     Nothing was sent and nothing committed: the caller runs the write again in a thread.
     """
@@ -119,7 +120,7 @@ async def run_on_loop(func: Callable[..., _T], *args: Any) -> _T:
     it mid-statement leaves that connection to be discarded: callers shield it, as a
     thread would not be interrupted either.
     """
-    if greenlet is None:  # pragma: no cover - the extra is installed with psycopg
+    if greenlet is None:  # pragma: no cover - a dependency, unless a host removed it
         raise OffLoop("greenlet is not installed")
     task = _LoopTask(func)
     task.gr_context = contextvars.copy_context()
@@ -257,6 +258,7 @@ class Writer:
         self._keep = keep
         self._idle: list[sa.Connection] = []
         self._cursors: dict[int, Any] = {}  # one driver cursor per kept PostgreSQL connection
+        self._busy: dict[int, int] = {}  # each kept SQLite connection's busy timeout (ms)
         self._lock = threading.Lock()
         self.postgres = db.dialect.name == "postgresql"
         # an Engine dropped unclosed holds no thread for long: it ends when idle
@@ -265,9 +267,15 @@ class Writer:
         event.listen(db, "engine_disposed", self._on_dispose)
 
     @property
-    def waits_on_loop(self) -> bool:
-        """Whether :func:`run_on_loop` lets this Writer's writes await the database."""
-        return self.postgres and greenlet is not None
+    def runs_on_loop(self) -> bool:
+        """Whether :func:`run_on_loop` can run this Writer's writes without blocking the loop.
+
+        PostgreSQL through psycopg, or SQLite through the standard ``sqlite3`` (whose busy
+        timeout this Writer sets for the begin); greenlet installed.
+        """
+        if greenlet is None:
+            return False
+        return self.postgres or _stdlib_sqlite(self._db)
 
     def _on_dispose(self, _db: sa.Engine) -> None:
         self.close()
@@ -285,6 +293,9 @@ class Writer:
         conn = self._db.connect()
         if self.checkpointer is not None:
             self.checkpointer.adopt(conn.connection.driver_connection)
+        if not self.postgres and _stdlib_sqlite(self._db):
+            driver = conn.connection.driver_connection
+            self._busy[id(conn)] = int(driver.execute("PRAGMA busy_timeout").fetchone()[0])  # type: ignore[union-attr]
         if self.postgres:
             driver = conn.connection.driver_connection
             # the transaction is begun in SQL, with its first statement (see Pending)
@@ -302,6 +313,7 @@ class Writer:
 
     def _discard(self, conn: sa.Connection) -> None:
         self._cursors.pop(id(conn), None)
+        self._busy.pop(id(conn), None)
         try:
             if self.checkpointer is not None and not conn.invalidated:
                 self.checkpointer.release(conn.connection.driver_connection)
@@ -337,11 +349,30 @@ class Writer:
             pending = _PENDING[id(conn)] = Pending(self._cursors[id(conn)])
             return conn, driver, pending
         try:
-            driver.execute("BEGIN IMMEDIATE")
+            task = _loop_task()
+            if task is not None and not task.committed:
+                self._begin_now(conn, driver)
+            else:
+                driver.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._release(conn, self._rollback(conn, driver))
             raise
         return conn, driver, None
+
+    def _begin_now(self, conn: sa.Connection, driver: Any) -> None:
+        """BEGIN IMMEDIATE on SQLite without waiting: OffLoop if another writer has the lock."""
+        busy = self._busy.get(id(conn))
+        if busy is None:  # not the standard driver: its waits cannot be told apart
+            raise OffLoop("this SQLite driver may wait for the lock")
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise OffLoop("another writer holds the SQLite database") from exc
+            raise
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={busy}")
 
     def _end(
         self,
@@ -433,6 +464,14 @@ class _Transaction:
         self._writer._end(self._conn, self._driver, self._pending, exc)
 
 
+def _stdlib_sqlite(db: sa.Engine) -> bool:
+    """Whether *db* is SQLite through the standard library's ``sqlite3``."""
+    return db.dialect.name == "sqlite" and getattr(db.dialect.dbapi, "__name__", "") in (
+        "sqlite3",
+        "sqlite3.dbapi2",
+    )
+
+
 class Checkpointer:
     """Copies a SQLite WAL back into the database file from a thread of its own.
 
@@ -478,7 +517,7 @@ class Checkpointer:
             return None
         # the thread's connection uses this module: another SQLite library in the same
         # process on the same file could drop this one's locks
-        if getattr(db.dialect.dbapi, "__name__", "") not in ("sqlite3", "sqlite3.dbapi2"):
+        if not _stdlib_sqlite(db):
             return None
         return cls(path)
 
