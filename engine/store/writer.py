@@ -368,7 +368,7 @@ class Writer:
         try:
             driver.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # or an extended code
                 raise OffLoop("another writer holds the SQLite database") from exc
             raise
         finally:
