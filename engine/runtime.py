@@ -59,7 +59,7 @@ from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine, ensure_schema
 from sangkien.store.fast import HotPath
 from sangkien.store.writer import StaleConnection, StaleRead, Writer
-from sangkien.units import FlatUnits, UnitTree
+from sangkien.units import FlatUnits, StaticUnitTree, UnitTree
 
 __all__ = ["Engine", "new_id"]
 
@@ -585,10 +585,16 @@ class Engine:
     @property
     def writes_on_loop(self) -> bool:
         """Whether a write may run on an asyncio event loop through
-        :func:`sangkien.store.writer.run_on_loop` without blocking it (kept connections, no
-        host transaction; PostgreSQL awaits the server there, SQLite never waits for its
-        lock)."""
-        return self._writer is not None and self._conn is None and self._writer.runs_on_loop
+        :func:`sangkien.store.writer.run_on_loop` without blocking it: kept connections, no
+        host transaction (PostgreSQL awaits the server there, SQLite never waits for its
+        lock), and the shipped in-memory directory and unit tree, since a host's own may
+        look people up over the network."""
+        if self._writer is None or self._conn is not None or not self._writer.runs_on_loop:
+            return False
+        from sangkien.directory import YamlDirectory
+
+        shipped = (FlatUnits, StaticUnitTree, YamlDirectory)  # not subclasses: a host's code
+        return type(self.units) in shipped and type(self.directory) in (type(None), YamlDirectory)
 
     def close(self) -> None:
         """Release the kept connections and the pool (the pool only if this Engine made it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import sqlite3
 import threading
@@ -11,12 +12,14 @@ from pathlib import Path
 import anyio
 import pytest
 import sqlalchemy as sa
+import structlog.testing
 
 from sangkien import Actor, Engine, TransitionNotAllowed
 from sangkien.api.context import ApiContext
 from sangkien.api.settings import ApiSettings
 from sangkien.store.db import create_db_engine
 from sangkien.store.writer import OffLoop, Writer, run_on_loop
+from sangkien.units import FlatUnits
 
 RACE = Path(__file__).resolve().parent / "workflows" / "race.yaml"
 RACER = Actor("ref", ["racer"], "lab")
@@ -151,6 +154,44 @@ def test_a_refusal_on_the_loop_rolls_back_and_keeps_the_connection(pg_url: str) 
 
 
 @pytest.mark.postgresql
+def test_a_write_whose_task_is_cancelled_outright_runs_to_its_end(pg_url: str) -> None:
+    """asyncio's own cancel (a server's shutdown timeout): the fire completes as a fire,
+    logged as a transition, rather than being interrupted mid-statement."""
+    db = create_db_engine(pg_url)
+    engine = Engine(db, workflows=[RACE], migrate=True)
+    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+    iid = engine.start("race", actor=RACER).id
+    locker = db.connect()
+    locker.execute(sa.text("SELECT 1 FROM sk_instances WHERE id = :i FOR UPDATE"), {"i": iid})
+
+    async def main() -> None:
+        request = asyncio.ensure_future(ctx.write(partial(engine.fire, iid, "bump", actor=RACER)))
+        await asyncio.sleep(0.3)  # the fire now waits on the row lock
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.to_thread(locker.rollback)
+        for _ in range(500):  # the write, left to itself, ends once the lock goes
+            if asyncio.all_tasks() == {asyncio.current_task()}:
+                break
+            await asyncio.sleep(0.01)
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            asyncio.run(main())
+        assert engine.get(iid).data["count"] == 1
+        assert db.pool.checkedout() == 2  # the locker and the write's, kept: it finished
+        # it returned as a fire does, logged as a transition
+        assert [e["trigger"] for e in logs if e["event"] == "transition"] == ["bump"]
+        assert engine.fire(iid, "bump", actor=RACER).data["count"] == 2
+        assert engine.verify() == []
+    finally:
+        locker.close()
+        engine.close()
+        db.dispose()
+
+
+@pytest.mark.postgresql
 def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
     """Cancelling the request mid-write (the instance row locked elsewhere) changes nothing:
     the fire commits when the lock goes, as it would in a thread."""
@@ -183,34 +224,69 @@ def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
 def test_sqlite_writes_run_on_the_loop_unless_another_writer_has_the_lock(
     sqlite_url: str,
 ) -> None:
+    loop_thread = threading.get_ident()  # anyio.run runs the loop in the calling thread
+    in_thread = threading.Event()
     with Engine(sqlite_url, workflows=[RACE], migrate=True) as engine:
         assert engine.writes_on_loop
         ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
         iid = engine.start("race", actor=RACER).id  # keeps a connection
 
         def fire() -> int:
+            if threading.get_ident() != loop_thread:
+                in_thread.set()
             engine.fire(iid, "bump", actor=RACER)
             return threading.get_ident()
 
-        async def main() -> tuple[int, int]:
-            return await ctx.write(fire), threading.get_ident()
+        async def main() -> int:
+            return await ctx.write(fire)
 
-        ran_on, loop_thread = anyio.run(main)
-        assert ran_on == loop_thread
-
+        assert anyio.run(main) == loop_thread
         other = sqlite3.connect(
             sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
         )
-        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 0.3 s
-        threading.Timer(0.3, other.rollback).start()
-        ran_on, loop_thread = anyio.run(main)
-        assert ran_on != loop_thread  # in a thread, which waited for the lock
-        other.close()
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the lock...
+            # ...until the fire has gone to a thread, which then waits for it
+            releaser = threading.Thread(target=lambda: (in_thread.wait(10), other.rollback()))
+            releaser.start()
+            assert anyio.run(main) != loop_thread
+            releaser.join()
+        finally:
+            other.close()
         assert engine.get(iid).data["count"] == 2
-        with engine.db.connect() as conn:  # the kept connection waits for locks again
-            timeouts = {
-                c.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0]
-                for c in engine._writer._idle  # type: ignore[union-attr]
-            }
-            conn.rollback()
-        assert timeouts == {30000}
+        assert anyio.run(main) == loop_thread  # and back on the loop
+        busy = {
+            c.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+            for c in engine._writer._idle  # type: ignore[union-attr]
+        }
+        assert busy == {30000}  # each kept connection waits for locks again in threads
+
+
+def test_writes_stay_off_the_loop_where_they_could_block_it(sqlite_url: str) -> None:
+    """A SQLite file without WAL (its COMMIT waits for readers) and a host's own directory
+    (which may look people up over the network) keep writes in threads."""
+    loop_thread = threading.get_ident()
+    journal = sa.create_engine(sqlite_url)  # a host's engine: SQLite's default rollback journal
+    with Engine(journal, workflows=[RACE], migrate=True) as engine:
+        ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+        iid = engine.start("race", actor=RACER).id
+
+        def fire() -> int:
+            engine.fire(iid, "bump", actor=RACER)
+            return threading.get_ident()
+
+        async def main() -> int:
+            return await ctx.write(fire)
+
+        assert anyio.run(main) != loop_thread
+        assert anyio.run(main) != loop_thread
+        assert engine.get(iid).data["count"] == 2
+    journal.dispose()
+
+    class HostDirectory(FlatUnits):
+        """A directory of the host's (here with flat units)."""
+
+    with Engine(sqlite_url, units=HostDirectory()) as engine:
+        assert not engine.writes_on_loop
+    with Engine(sqlite_url) as engine:
+        assert engine.writes_on_loop

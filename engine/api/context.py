@@ -1,5 +1,6 @@
 """What every route needs: the engine, the settings, the caller, metrics and safe retries."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +29,21 @@ from sangkien.runtime import Engine
 from sangkien.store.writer import OffLoop, run_on_loop
 
 __all__ = ["ApiContext"]
+
+
+def _retrieved(task: "asyncio.Future[Any]") -> None:
+    """Mark the outcome of a write whose request went away as seen (it is logged already)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _asyncio() -> bool:
+    """Whether the running event loop is asyncio's (writes on the loop await its sockets)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # trio, or no loop
+        return False
+
 
 log = structlog.get_logger("sangkien.api")
 
@@ -105,13 +121,17 @@ class ApiContext:
         except LookupError:
             limiter = CapacityLimiter(self.write_concurrency)
             self._writers.set(limiter)
-        if self.engine.writes_on_loop:
+        if self.engine.writes_on_loop and _asyncio():
             async with limiter:
                 with CancelScope(shield=True):
+                    # a task of its own: a request cancelled outright (asyncio's cancel,
+                    # which no anyio shield stops) leaves the write to finish
+                    write = asyncio.ensure_future(run_on_loop(func, *args))
+                    write.add_done_callback(_retrieved)
                     try:
-                        return await run_on_loop(func, *args)
+                        return await asyncio.shield(write)
                     except OffLoop:
-                        pass  # this one opens a connection in a thread; it is kept after
+                        pass  # this one goes to a thread (which keeps the connection it opens)
         return await to_thread.run_sync(func, *args, limiter=limiter)
 
     # -- dependencies

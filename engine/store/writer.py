@@ -116,9 +116,11 @@ async def run_on_loop(func: Callable[..., _T], *args: Any) -> _T:
     Its waits for PostgreSQL on a Writer's kept connections await the socket on the loop,
     so other requests go on meanwhile; its Python code runs on the loop. It sees a copy of
     the caller's context variables (as a thread from ``anyio.to_thread`` does). Raises
-    :class:`OffLoop` (nothing sent) when it would have to open a connection. Cancelling
-    it mid-statement leaves that connection to be discarded: callers shield it, as a
-    thread would not be interrupted either.
+    :class:`OffLoop` (nothing sent) when it would have to open a connection or wait for
+    the SQLite lock. *func* should run one write transaction: once one has committed, a
+    later one opens connections and waits for locks on the loop, blocking it. Cancelling
+    it mid-statement leaves that connection to be discarded: callers run it in a task of
+    its own that a cancelled request leaves to finish, as a thread would finish too.
     """
     if greenlet is None:  # pragma: no cover - a dependency, unless a host removed it
         raise OffLoop("greenlet is not installed")
@@ -144,10 +146,13 @@ def _wait_on_loop(driver: Any) -> None:
 
     plain = driver.wait
 
-    def wait(gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+    def wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
         task = greenlet.getcurrent()
         if type(task) is not _LoopTask:
-            return plain(gen, interval, timeout)
+            return plain(gen, *args, **kwargs)  # as psycopg calls it, whatever its version
+        # Connection.wait(gen, interval, timeout): psycopg 3.2 has no timeout
+        interval = args[0] if args else kwargs.get("interval", 0.1)
+        timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
         if timeout is None:
             waiting = wait_async(gen, driver.pgconn.socket, interval=interval)
         else:
@@ -275,7 +280,9 @@ class Writer:
         """
         if greenlet is None:
             return False
-        return self.postgres or _stdlib_sqlite(self._db)
+        if self.postgres:
+            return self._db.dialect.driver == "psycopg"
+        return _stdlib_sqlite(self._db)
 
     def _on_dispose(self, _db: sa.Engine) -> None:
         self.close()
@@ -294,8 +301,11 @@ class Writer:
         if self.checkpointer is not None:
             self.checkpointer.adopt(conn.connection.driver_connection)
         if not self.postgres and _stdlib_sqlite(self._db):
-            driver = conn.connection.driver_connection
-            self._busy[id(conn)] = int(driver.execute("PRAGMA busy_timeout").fetchone()[0])  # type: ignore[union-attr]
+            lite: Any = conn.connection.driver_connection
+            # only in WAL mode does nothing after BEGIN IMMEDIATE wait (a rollback journal's
+            # COMMIT waits for readers): elsewhere writes stay off the loop
+            if str(lite.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                self._busy[id(conn)] = int(lite.execute("PRAGMA busy_timeout").fetchone()[0])
         if self.postgres:
             driver = conn.connection.driver_connection
             # the transaction is begun in SQL, with its first statement (see Pending)
@@ -362,8 +372,8 @@ class Writer:
     def _begin_now(self, conn: sa.Connection, driver: Any) -> None:
         """BEGIN IMMEDIATE on SQLite without waiting: OffLoop if another writer has the lock."""
         busy = self._busy.get(id(conn))
-        if busy is None:  # not the standard driver: its waits cannot be told apart
-            raise OffLoop("this SQLite driver may wait for the lock")
+        if busy is None:  # not the standard driver, or not WAL: its waits cannot be avoided
+            raise OffLoop("this SQLite connection may wait for locks")
         driver.execute("PRAGMA busy_timeout=0")
         try:
             driver.execute("BEGIN IMMEDIATE")
