@@ -153,24 +153,40 @@ def test_a_refusal_on_the_loop_rolls_back_and_keeps_the_connection(pg_url: str) 
     db.dispose()
 
 
+class _Locked:
+    """An Engine on PostgreSQL, the API context, and an instance whose row another
+    connection holds locked (``FOR UPDATE``), so that a fire on it waits until unlocked."""
+
+    def __init__(self, pg_url: str) -> None:
+        self.db = create_db_engine(pg_url)
+        self.engine = Engine(self.db, workflows=[RACE], migrate=True)
+        self.ctx = ApiContext(self.engine, ApiSettings(jwt_secret="x" * 32))
+        self.iid = self.engine.start("race", actor=RACER).id
+        self.locker = self.db.connect()
+        self.locker.execute(
+            sa.text("SELECT 1 FROM sk_instances WHERE id = :i FOR UPDATE"), {"i": self.iid}
+        )
+        self.bump = partial(self.engine.fire, self.iid, "bump", actor=RACER)
+
+    def close(self) -> None:
+        self.locker.close()
+        self.engine.close()
+        self.db.dispose()
+
+
 @pytest.mark.postgresql
 def test_a_write_whose_task_is_cancelled_outright_runs_to_its_end(pg_url: str) -> None:
     """asyncio's own cancel (a server's shutdown timeout): the fire completes as a fire,
     logged as a transition, rather than being interrupted mid-statement."""
-    db = create_db_engine(pg_url)
-    engine = Engine(db, workflows=[RACE], migrate=True)
-    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
-    iid = engine.start("race", actor=RACER).id
-    locker = db.connect()
-    locker.execute(sa.text("SELECT 1 FROM sk_instances WHERE id = :i FOR UPDATE"), {"i": iid})
+    t = _Locked(pg_url)
 
     async def main() -> None:
-        request = asyncio.ensure_future(ctx.write(partial(engine.fire, iid, "bump", actor=RACER)))
+        request = asyncio.ensure_future(t.ctx.write(t.bump))
         await asyncio.sleep(0.3)  # the fire now waits on the row lock
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
-        await asyncio.to_thread(locker.rollback)
+        await asyncio.to_thread(t.locker.rollback)
         for _ in range(500):  # the write, left to itself, ends once the lock goes
             if asyncio.all_tasks() == {asyncio.current_task()}:
                 break
@@ -179,46 +195,39 @@ def test_a_write_whose_task_is_cancelled_outright_runs_to_its_end(pg_url: str) -
     try:
         with structlog.testing.capture_logs() as logs:
             asyncio.run(main())
-        assert engine.get(iid).data["count"] == 1
-        assert db.pool.checkedout() == 2  # the locker and the write's, kept: it finished
+        assert t.engine.get(t.iid).data["count"] == 1
+        assert t.db.pool.checkedout() == 2  # the locker and the write's, kept: it finished
         # it returned as a fire does, logged as a transition
         assert [e["trigger"] for e in logs if e["event"] == "transition"] == ["bump"]
-        assert engine.fire(iid, "bump", actor=RACER).data["count"] == 2
-        assert engine.verify() == []
+        assert t.bump().data["count"] == 2
+        assert t.engine.verify() == []
     finally:
-        locker.close()
-        engine.close()
-        db.dispose()
+        t.close()
 
 
 @pytest.mark.postgresql
 def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
-    """Cancelling the request mid-write (the instance row locked elsewhere) changes nothing:
-    the fire commits when the lock goes, as it would in a thread."""
-    db = create_db_engine(pg_url)
-    engine = Engine(db, workflows=[RACE], migrate=True)
-    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
-    iid = engine.start("race", actor=RACER).id
-    locker = db.connect()
-    locker.execute(sa.text("SELECT 1 FROM sk_instances WHERE id = :i FOR UPDATE"), {"i": iid})
-    unlock = threading.Timer(0.6, locker.rollback)
+    """Cancelling the request's scope mid-write changes nothing: the fire commits when the
+    lock goes, as it would in a thread."""
+    t = _Locked(pg_url)
+    unlock = threading.Timer(0.3, t.locker.rollback)
 
     async def main() -> bool:
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(ctx.write, partial(engine.fire, iid, "bump", actor=RACER))
+                tg.start_soon(t.ctx.write, t.bump)
                 await anyio.sleep(0.3)  # the fire now waits on the row lock
-                unlock.start()
+                unlock.start()  # ...and is let go 0.3 s after its request was cancelled
                 scope.cancel()
         return scope.cancelled_caught
 
-    assert anyio.run(main)
-    unlock.join()
-    assert engine.get(iid).data["count"] == 1  # the abandoned fire committed
-    assert engine.fire(iid, "bump", actor=RACER).data["count"] == 2
-    locker.close()
-    engine.close()
-    db.dispose()
+    try:
+        assert anyio.run(main)
+        assert t.engine.get(t.iid).data["count"] == 1  # the abandoned fire committed
+        assert t.bump().data["count"] == 2
+    finally:
+        unlock.join()
+        t.close()
 
 
 def test_sqlite_writes_run_on_the_loop_unless_another_writer_has_the_lock(
