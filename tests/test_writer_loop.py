@@ -250,6 +250,7 @@ def test_sqlite_writes_run_on_the_loop_unless_another_writer_has_the_lock(
             return await ctx.write(fire)
 
         assert anyio.run(main) == loop_thread
+        assert ctx.metrics.registry.get_sample_value("sangkien_writes_in_threads_total") == 0
         other = sqlite3.connect(
             sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
         )
@@ -260,6 +261,7 @@ def test_sqlite_writes_run_on_the_loop_unless_another_writer_has_the_lock(
             releaser.start()
             assert anyio.run(main) != loop_thread
             releaser.join()
+            assert ctx.metrics.registry.get_sample_value("sangkien_writes_in_threads_total") == 1
         finally:
             other.close()
         assert engine.get(iid).data["count"] == 2

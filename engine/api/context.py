@@ -132,6 +132,7 @@ class ApiContext:
                         return await asyncio.shield(write)
                     except OffLoop:
                         pass  # this one goes to a thread (which keeps the connection it opens)
+        self.metrics.writes_in_threads.inc()
         return await to_thread.run_sync(func, *args, limiter=limiter)
 
     # -- dependencies

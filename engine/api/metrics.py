@@ -77,6 +77,13 @@ class Metrics:
         self.conflicts = Counter(
             "sangkien_conflicts", "Fires that lost an optimistic-lock race.", registry=r
         )
+        self.writes_in_threads = Counter(
+            "sangkien_writes_in_threads",
+            "Starts and fires run in a worker thread rather than on the event loop: no kept"
+            " connection was free, another writer held the SQLite lock, or the Engine keeps"
+            " its writes off the loop.",
+            registry=r,
+        )
         self.timers_fired = Counter(
             "sangkien_timers_fired",
             "Reminders, due notices and escalations fired by the in-process worker.",
