@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import sqlite3
 import threading
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -301,3 +302,43 @@ def test_writes_stay_off_the_loop_where_they_could_block_it(sqlite_url: str) -> 
         assert not engine.writes_on_loop
     with Engine(sqlite_url) as engine:
         assert engine.writes_on_loop
+
+
+@pytest.mark.postgresql
+def test_a_write_on_the_loop_after_the_server_dropped_its_connection(pg_url: str) -> None:
+    """The kept connection is terminated (a PostgreSQL restart): the next fire through the
+    API notices it before sending anything, opens a new one in a thread, and loses nothing;
+    the one after runs on the loop again."""
+    app = f"sk-loop-{uuid.uuid4().hex[:8]}"
+    url = sa.engine.make_url(pg_url).update_query_dict({"application_name": app})
+    engine = Engine(url.render_as_string(hide_password=False), workflows=[RACE], migrate=True)
+    ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
+    iid = engine.start("race", actor=RACER).id
+    loop_thread = threading.get_ident()
+
+    def bump() -> int:
+        engine.fire(iid, "bump", actor=RACER)
+        return threading.get_ident()
+
+    async def main() -> int:
+        return await ctx.write(bump)
+
+    try:
+        assert anyio.run(main) == loop_thread
+        admin = sa.create_engine(pg_url)
+        with admin.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = :app"
+                ),
+                {"app": app},
+            ).all()
+        admin.dispose()
+        assert len(killed) >= 1
+        assert anyio.run(main) != loop_thread  # a new connection, opened in a thread
+        assert anyio.run(main) == loop_thread  # kept, and used on the loop
+        assert engine.get(iid).data["count"] == 3
+        assert engine.verify() == []
+    finally:
+        engine.close()
