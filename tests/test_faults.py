@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pg_helpers import terminate, with_app
 from sqlalchemy import event
 
 from sangkien import Actor, Engine, FrozenClock, StoreError
@@ -73,15 +74,6 @@ transitions:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _with_app(url: str, app: str) -> str:
-    """*url* with an application_name, so the test can find (and kill) its connections."""
-    return (
-        sa.engine.make_url(url)
-        .update_query_dict({"application_name": app})
-        .render_as_string(hide_password=False)
-    )
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
@@ -625,30 +617,16 @@ def test_worker_survives_its_connections_being_terminated(
     """pg_terminate_backend on the worker's connections, five times, while it fires timers."""
     instances = 300
     app = f"sk-fault-{uuid.uuid4().hex[:8]}"
-    url = _with_app(pg_url, app)
+    url = with_app(pg_url, app)
     _timer_population(pg_url, tmp_path, instances)
     started = time.monotonic()
     worker = CliWorker(url, batch=100)
     cli_workers.append(worker)
     _wait(lambda: worker.count("timer") >= 20, 20, "the worker to start firing", step=0.005)
-    admin = sa.create_engine(pg_url)
     killed = 0
-    try:
-        for _ in range(5):
-            with admin.connect() as conn:
-                killed += len(
-                    conn.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                            "AND application_name = :app"
-                        ),
-                        {"app": app},
-                    ).all()
-                )
-            time.sleep(0.3)
-    finally:
-        admin.dispose()
+    for _ in range(5):
+        killed += terminate(pg_url, app)
+        time.sleep(0.3)
     assert killed >= 1, "no connection of the worker was found to terminate"
     _wait(lambda: _pending_due(pg_url) == 0, 25, "the worker to fire every due timer")
     assert worker.proc.poll() is None, "the worker died: " + worker.log_tail()
@@ -665,20 +643,10 @@ def test_worker_survives_its_connections_being_terminated(
 def test_engine_reconnects_after_its_connections_are_terminated(pg_url: str) -> None:
     """An Engine whose pooled connections were killed fires again on the next call."""
     app = f"sk-fault-{uuid.uuid4().hex[:8]}"
-    engine = Engine(_with_app(pg_url, app), migrate=True, workflows=[RACE])
+    engine = Engine(with_app(pg_url, app), migrate=True, workflows=[RACE])
     inst = engine.start("race", actor=RACER)
     engine.fire(inst.id, "bump", actor=RACER)
-    admin = sa.create_engine(pg_url)
-    with admin.connect() as conn:
-        killed = conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = :app"
-            ),
-            {"app": app},
-        ).all()
-    admin.dispose()
-    assert len(killed) >= 1
+    assert terminate(pg_url, app) >= 1
     after = engine.fire(inst.id, "bump", actor=RACER)  # pool_pre_ping replaces the dead one
     assert after.version == 3 and after.data["count"] == 2
     assert engine.verify() == []

@@ -14,6 +14,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 import structlog.testing
+from pg_helpers import terminate, with_app
 
 from sangkien import Actor, Engine, TransitionNotAllowed
 from sangkien.api.context import ApiContext
@@ -310,8 +311,7 @@ def test_a_write_on_the_loop_after_the_server_dropped_its_connection(pg_url: str
     API notices it before sending anything, opens a new one in a thread, and loses nothing;
     the one after runs on the loop again."""
     app = f"sk-loop-{uuid.uuid4().hex[:8]}"
-    url = sa.engine.make_url(pg_url).update_query_dict({"application_name": app})
-    engine = Engine(url.render_as_string(hide_password=False), workflows=[RACE], migrate=True)
+    engine = Engine(with_app(pg_url, app), workflows=[RACE], migrate=True)
     ctx = ApiContext(engine, ApiSettings(jwt_secret="x" * 32))
     iid = engine.start("race", actor=RACER).id
     loop_thread = threading.get_ident()
@@ -325,17 +325,7 @@ def test_a_write_on_the_loop_after_the_server_dropped_its_connection(pg_url: str
 
     try:
         assert anyio.run(main) == loop_thread
-        admin = sa.create_engine(pg_url)
-        with admin.connect() as conn:
-            killed = conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = :app"
-                ),
-                {"app": app},
-            ).all()
-        admin.dispose()
-        assert len(killed) >= 1
+        assert terminate(pg_url, app) >= 1
         assert anyio.run(main) != loop_thread  # a new connection, opened in a thread
         assert anyio.run(main) == loop_thread  # kept, and used on the loop
         assert engine.get(iid).data["count"] == 3
