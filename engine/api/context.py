@@ -97,6 +97,7 @@ class ApiContext:
         self.write_concurrency = write_concurrency
         # one limiter per event loop serving the app (anyio's own thread limiter does the same)
         self._writers: RunVar[CapacityLimiter] = RunVar("sangkien.api.writers")
+        self._on_loop = engine.writes_on_loop  # fixed with the Engine: checked once
 
     async def write(self, func: Callable[..., T], *args: Any) -> T:
         """Run the engine write *func(*args)* (a start, a fire).
@@ -121,7 +122,7 @@ class ApiContext:
         except LookupError:
             limiter = CapacityLimiter(self.write_concurrency)
             self._writers.set(limiter)
-        if self.engine.writes_on_loop and _asyncio():
+        if self._on_loop and _asyncio():
             async with limiter:
                 with CancelScope(shield=True):
                     # a task of its own: a request cancelled outright (asyncio's cancel,

@@ -110,6 +110,13 @@ def _loop_task() -> Any:
     return task if type(task) is _LoopTask else None
 
 
+def _may_go_off_loop() -> bool:
+    """Whether a write on the loop that would block may still be sent to a thread: nothing
+    of it committed yet."""
+    task = _loop_task()
+    return task is not None and not task.committed
+
+
 async def run_on_loop(func: Callable[..., _T], *args: Any) -> _T:
     """Run the synchronous write *func(*args)* on the running event loop.
 
@@ -153,10 +160,8 @@ def _wait_on_loop(driver: Any) -> None:
         # Connection.wait(gen, interval, timeout): psycopg 3.2 has no timeout
         interval = args[0] if args else kwargs.get("interval", 0.1)
         timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
-        if timeout is None:
-            waiting = wait_async(gen, driver.pgconn.socket, interval=interval)
-        else:
-            waiting = wait_async(gen, driver.pgconn.socket, interval=interval, timeout=timeout)
+        extra = {} if timeout is None else {"timeout": timeout}
+        waiting = wait_async(gen, driver.pgconn.socket, interval=interval, **extra)
         return task.parent.switch(waiting)  # type: ignore[union-attr]  # a task has a parent
 
     driver.wait = wait
@@ -266,6 +271,7 @@ class Writer:
         self._busy: dict[int, int] = {}  # each kept SQLite connection's busy timeout (ms)
         self._lock = threading.Lock()
         self.postgres = db.dialect.name == "postgresql"
+        self.sqlite3 = _stdlib_sqlite(db)  # SQLite through the standard library's driver
         # an Engine dropped unclosed holds no thread for long: it ends when idle
         self.checkpointer = Checkpointer.for_engine(db)
         # Engine.dispose() (a host recycling its pool, a forked child) drops ours too
@@ -282,7 +288,7 @@ class Writer:
             return False
         if self.postgres:
             return self._db.dialect.driver == "psycopg"
-        return _stdlib_sqlite(self._db)
+        return self.sqlite3
 
     def _on_dispose(self, _db: sa.Engine) -> None:
         self.close()
@@ -294,13 +300,12 @@ class Writer:
             return self._idle.pop()
         except IndexError:
             pass
-        task = _loop_task()
-        if task is not None and not task.committed:
+        if _may_go_off_loop():
             raise OffLoop("no kept connection is free")
         conn = self._db.connect()
         if self.checkpointer is not None:
             self.checkpointer.adopt(conn.connection.driver_connection)
-        if not self.postgres and _stdlib_sqlite(self._db):
+        if self.sqlite3:
             lite: Any = conn.connection.driver_connection
             # only in WAL mode does nothing after BEGIN IMMEDIATE wait (a rollback journal's
             # COMMIT waits for readers): elsewhere writes stay off the loop
@@ -359,8 +364,7 @@ class Writer:
             pending = _PENDING[id(conn)] = Pending(self._cursors[id(conn)])
             return conn, driver, pending
         try:
-            task = _loop_task()
-            if task is not None and not task.committed:
+            if _may_go_off_loop():
                 self._begin_now(conn, driver)
             else:
                 driver.execute("BEGIN IMMEDIATE")
