@@ -208,6 +208,75 @@ def test_a_write_whose_task_is_cancelled_outright_runs_to_its_end(pg_url: str) -
 
 
 @pytest.mark.postgresql
+def test_a_write_still_waiting_when_its_loop_ends_gives_its_connection_up(pg_url: str) -> None:
+    """A server stopping with a write on the loop waiting for a lock: the loop's shutdown
+    ends the write (its connection discarded, not held forever) and the Engine goes on."""
+    t = _Locked(pg_url)
+
+    async def main() -> None:
+        request = asyncio.ensure_future(t.ctx.write(t.bump))
+        await asyncio.sleep(0.3)  # the fire now waits on the row lock
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        # ...and the loop ends with the write still waiting
+
+    try:
+        asyncio.run(main())
+        assert t.db.pool.checkedout() == 1  # only the locker's: the write's was given up
+        t.locker.rollback()
+        # the statement was sent before the end: the server ran it once the lock went
+        for _ in range(100):
+            if t.engine.get(t.iid).data["count"] == 1:
+                break
+            threading.Event().wait(0.05)
+        assert t.engine.get(t.iid).data["count"] == 1
+        assert t.bump().data["count"] == 2
+        assert t.engine.verify() == []
+    finally:
+        t.close()
+
+
+@pytest.mark.postgresql
+def test_a_timed_wait_on_the_loop_lets_the_loop_run(pg_url: str) -> None:
+    """psycopg's waits with a time limit (``notifies(timeout=...)``) await on the loop too."""
+    db = create_db_engine(pg_url)
+    writer = Writer(db)
+    _sleep_in_a_write(writer, 0)  # opens the connection that is then kept
+
+    def listen() -> list[str]:
+        with writer.transaction() as conn:
+            driver = conn.connection.driver_connection
+            driver.execute("LISTEN sangkien_test_timed_wait")  # type: ignore[union-attr]
+            got = [n.payload for n in driver.notifies(timeout=0.3)]  # type: ignore[union-attr]
+            driver.execute("UNLISTEN *")  # type: ignore[union-attr]
+            return got
+
+    async def main() -> tuple[list[str], int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.ensure_future(ticker())
+        got = await run_on_loop(listen)
+        done.set()
+        await beat
+        return got, ticks
+
+    got, ticks = asyncio.run(main())
+    assert got == []  # nothing was notified: the wait ended at its time limit
+    assert ticks >= 10  # and the loop went on meanwhile
+    assert db.pool.checkedout() == 1
+    writer.close()
+    db.dispose()
+
+
+@pytest.mark.postgresql
 def test_a_write_the_client_abandons_runs_to_its_end(pg_url: str) -> None:
     """Cancelling the request's scope mid-write changes nothing: the fire commits when the
     lock goes, as it would in a thread."""
