@@ -584,7 +584,8 @@ def demo(lang: str, keep: str | None) -> None:
 def worker(
     interval: float, batch: int, once: bool, database_url: str | None, workflows: tuple[str, ...]
 ) -> None:
-    """Run the deadline runner: reminders, overdue notices, escalations (Ctrl-C stops)."""
+    """Run the deadline runner (reminders, overdue notices, escalations) and deliver the
+    outbox, every --interval seconds (Ctrl-C or SIGTERM stops)."""
     from sangkien.bootstrap import dispatcher_from_settings
     from sangkien.worker import Worker
 

@@ -585,6 +585,9 @@ class DispatchResult:
     dead: int = 0
 
 
+_COUNTED = {"delivered": "delivered", "retry": "retried", "dead": "dead"}  # DispatchResult
+
+
 class Dispatcher:
     """Delivers outbox rows through the adapters, with leases, retries and dead letters."""
 
@@ -608,6 +611,9 @@ class Dispatcher:
         self.lease = lease
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
         self._rng = rng or random.Random()
+        # rows of a pass the database failed mid-way: (the one whose outcome was being
+        # recorded, perhaps sent; those not sent yet); given back at the next pass
+        self._stranded: tuple[list[str], list[str]] | None = None
 
     def delay(self, attempts: int) -> float:
         """Seconds before the next try: exponential in *attempts*, with ±50 % jitter."""
@@ -647,63 +653,95 @@ class Dispatcher:
     def dispatch(self, *, limit: int = 100, now: datetime | None = None) -> DispatchResult:
         """Claim and deliver one batch; return what happened."""
         clock = self.engine.clock
+        self._give_back_stranded()
         rows = self.claim(limit, now or clock.now())
         result = DispatchResult(claimed=len(rows))
-        for row in rows:
-            started = time.perf_counter()
-            message = OutgoingMessage(
-                id=row.id,
-                kind=row.kind,
-                channel=row.channel,
-                recipient=row.recipient,
-                subject=row.subject,
-                body=row.body,
-                payload=dict(row.payload or {}),
-                recipient_name=row.recipient_name,
-                instance_id=row.instance_id,
-                attempt=row.attempts,
-            )
-            adapter = self.adapters.get(row.channel)
-            outcome: str
-            error: str | None = None
+        for i, row in enumerate(rows):
             try:
-                if adapter is None:
-                    raise PermanentFailure(
-                        f"no adapter for channel {row.channel!r} "
-                        f"(enabled: {', '.join(sorted(self.adapters))})"
-                    )
-                adapter.send(message)
-                outcome = "delivered"
-            except PermanentFailure as exc:
-                outcome, error = "dead", f"permanent: {exc}"
-            except TemporaryFailure as exc:
-                error = f"temporary: {exc}"
-                outcome = "dead" if row.attempts >= self.max_attempts else "retry"
-            except Exception as exc:  # an adapter bug must not lose the message
-                error = f"temporary: {type(exc).__name__}: {exc}"
-                outcome = "dead" if row.attempts >= self.max_attempts else "retry"
-            finished = clock.now() if now is None else now
-            self._record(row, outcome, error, finished)
-            setattr(
-                result,
-                {"delivered": "delivered", "retry": "retried", "dead": "dead"}[outcome],
-                getattr(
-                    result, {"delivered": "delivered", "retry": "retried", "dead": "dead"}[outcome]
-                )
-                + 1,
-            )
-            log.info(
-                "delivery",
-                message_id=row.id,
-                channel=row.channel,
-                kind=row.kind,
-                instance_id=row.instance_id,
-                attempt=row.attempts,
-                outcome=outcome,
-                error=error,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+                self._deliver(row, result, now)
+            except BaseException:
+                # the database went away while recording (or the process is stopping): the
+                # rest of the batch goes back at the next pass instead of waiting out its lease
+                self._stranded = ([row.id], [r.id for r in rows[i + 1 :]])
+                raise
         return result
+
+    def _give_back_stranded(self) -> None:
+        """Give back the rows this dispatcher still holds from a pass that failed.
+
+        Those never sent are due again at once, their claim's attempt undone; the one whose
+        outcome could not be recorded may have been sent, and is sent again (same id), as
+        after a crash but without waiting out the lease. Only rows still leased to this
+        dispatcher are touched; if the database is still away, this fails and the pass with it.
+        """
+        if self._stranded is None:
+            return
+        maybe_sent, unsent = self._stranded
+        o = t.outbox
+        mine = sa.and_(o.c.lease_owner == self.owner, o.c.status == "delivering")
+        back = {"status": "pending", "lease_owner": None, "lease_until": None}
+        with self.engine._write() as conn:
+            if maybe_sent:
+                conn.execute(o.update().where(mine, o.c.id.in_(maybe_sent)).values(**back))
+            if unsent:
+                conn.execute(
+                    o.update()
+                    .where(mine, o.c.id.in_(unsent))
+                    .values(**back, attempts=o.c.attempts - 1)
+                )
+        log.info("outbox.stranded_given_back", maybe_sent=maybe_sent, unsent=len(unsent))
+        self._stranded = None
+
+    def _deliver(self, row: Any, result: DispatchResult, now: datetime | None) -> None:
+        """Send one claimed row through its adapter and record the outcome."""
+        clock = self.engine.clock
+        started = time.perf_counter()
+        message = OutgoingMessage(
+            id=row.id,
+            kind=row.kind,
+            channel=row.channel,
+            recipient=row.recipient,
+            subject=row.subject,
+            body=row.body,
+            payload=dict(row.payload or {}),
+            recipient_name=row.recipient_name,
+            instance_id=row.instance_id,
+            attempt=row.attempts,
+        )
+        adapter = self.adapters.get(row.channel)
+        outcome: str
+        error: str | None = None
+        try:
+            if adapter is None:
+                raise PermanentFailure(
+                    f"no adapter for channel {row.channel!r} "
+                    f"(enabled: {', '.join(sorted(self.adapters))})"
+                )
+            adapter.send(message)
+            outcome = "delivered"
+        except PermanentFailure as exc:
+            outcome, error = "dead", f"permanent: {exc}"
+        except TemporaryFailure as exc:
+            error = f"temporary: {exc}"
+            outcome = "dead" if row.attempts >= self.max_attempts else "retry"
+        except Exception as exc:  # an adapter bug must not lose the message
+            error = f"temporary: {type(exc).__name__}: {exc}"
+            outcome = "dead" if row.attempts >= self.max_attempts else "retry"
+        finished = clock.now() if now is None else now
+        self._record(row, outcome, error, finished)
+        counted = _COUNTED[outcome]
+        setattr(result, counted, getattr(result, counted) + 1)
+        log.info(
+            "delivery",
+            message_id=row.id,
+            channel=row.channel,
+            kind=row.kind,
+            instance_id=row.instance_id,
+            attempt=row.attempts,
+            outcome=outcome,
+            error=error,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     def _record(self, row: Any, outcome: str, error: str | None, now: datetime) -> None:
         o = t.outbox

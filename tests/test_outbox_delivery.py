@@ -306,8 +306,7 @@ def test_every_message_arrives(
         assert mail["X-Sangkien-Message-Id"] == r.id
         assert mail["X-Sangkien-Instance-Id"] == iid
         assert rcpt == [r.recipient]
-        # spaces may be lost where the header is folded: see the xfail test below
-        assert mail["Subject"].replace(" ", "") == r.subject.replace(" ", "")
+        assert mail["Subject"] == r.subject  # long Vietnamese ones too: see below
         assert mail.get_content().rstrip("\n") == r.body.rstrip("\n")
         if r.recipient_id:
             assert mail["To"].addresses[0].display_name == r.recipient_name

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from sangkien import Actor, Engine
+from sangkien import Actor, Engine, StoreError
 from sangkien.config.settings import Subscriber
-from sangkien.outbox import counts
+from sangkien.outbox import counts, list_messages
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine
 
@@ -236,3 +237,72 @@ def test_sigkilled_process_leases_are_recovered(
         f"survivor {result}; done {recovered_after:.1f}s after the kill; rows taken over "
         f"after the lease: {retaken}; duplicates: {sum(n - 1 for n in duplicates.values())}"
     )
+
+
+class _CutsTheDatabase:
+    """The real webhook adapter, but the *at*-th send takes the database away from the
+    dispatcher (its role may no longer log in; its connections are terminated) — an
+    outage between a send and the record of its outcome."""
+
+    def __init__(self, inner: Any, admin: sa.Engine, role: str, at: int) -> None:
+        self.inner, self.admin, self.role, self.at = inner, admin, role, at
+        self.sends = 0
+
+    def send(self, message: Any) -> None:
+        self.inner.send(message)
+        self.sends += 1
+        if self.sends == self.at:
+            with self.admin.begin() as conn:
+                conn.exec_driver_sql(f'ALTER ROLE "{self.role}" NOLOGIN')
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE usename = '{self.role}'"
+                )
+
+
+def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
+    pg_url: str, receiver: Receiver
+) -> None:
+    """The database goes away mid-batch: the pass fails, and the next one (the database
+    back) sends the rest at once instead of after the 300 s lease; only the message whose
+    outcome could not be recorded arrives twice, and the unsent ones keep one attempt."""
+    from sangkien.adapters.webhook import WebhookAdapter
+    from sangkien.outbox import Dispatcher
+
+    role = f"sk_outage_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    url = sa.engine.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+    subs = [Subscriber(url=f"{receiver.url}/hooks/a")]
+    try:
+        with Engine(pg_url, migrate=True, workflows=[EVENTS], subscribers=subs) as engine:
+            for i in range(5):
+                inst = engine.start("notify_events", actor=CLERK, data={"title": f"Số {i}"})
+                engine.fire(inst.id, "close", actor=CLERK)
+        with Engine(url, migrate=False) as engine:
+            ids = [m.id for m in list_messages(engine, status="pending")]
+            assert len(ids) == 10
+            webhook = WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5)
+            cut = _CutsTheDatabase(webhook, admin, role, at=3)
+            d = Dispatcher(engine, {"webhook": cut}, lease=300)
+            with pytest.raises(StoreError, match="connection was lost"):  # recording the third
+                d.dispatch(limit=10)
+            assert len(receiver.ids) == 3
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'ALTER ROLE "{role}" LOGIN')
+            again = d.dispatch(limit=10)  # the next pass, long before the lease ends
+            assert again.delivered == 10 - 2  # the rest, and the third once more
+            assert Counter(receiver.ids) == {i: 2 if i == receiver.ids[2] else 1 for i in ids}
+            assert counts(engine).get("delivered") == 10
+            attempts = {m.id: m.attempts for m in list_messages(engine, status="delivered")}
+            assert attempts[receiver.ids[2]] == 2  # sent twice: tried twice
+            assert sorted(attempts.values()) == [1] * 9 + [2]  # the unsent were tried once
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE usename = '{role}'"
+            )
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
