@@ -88,8 +88,9 @@ def health_router(ctx: ApiContext) -> APIRouter:
     engine = ctx.engine
 
     @router.get("/healthz", response_model=Health, summary="Liveness")
-    def healthz() -> Health:
+    async def healthz() -> Health:
         """The process answers (it does not touch the database)."""
+        # async: answered by the event loop itself, never queued behind the thread pool
         return Health(status="ok")
 
     @router.get(
