@@ -301,8 +301,7 @@ def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE usename = '{role}'"
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
             )
             conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
         admin.dispose()
