@@ -170,6 +170,15 @@ class _Locked:
         )
         self.bump = partial(self.engine.fire, self.iid, "bump", actor=RACER)
 
+    async def cancel_while_waiting(self) -> None:
+        """Fire through the API's write, and cancel the request (asyncio's own cancel)
+        while the fire waits on the row lock."""
+        request = asyncio.ensure_future(self.ctx.write(self.bump))
+        await asyncio.sleep(0.3)  # the fire now waits on the row lock
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
     def close(self) -> None:
         self.locker.close()
         self.engine.close()
@@ -183,11 +192,7 @@ def test_a_write_whose_task_is_cancelled_outright_runs_to_its_end(pg_url: str) -
     t = _Locked(pg_url)
 
     async def main() -> None:
-        request = asyncio.ensure_future(t.ctx.write(t.bump))
-        await asyncio.sleep(0.3)  # the fire now waits on the row lock
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
+        await t.cancel_while_waiting()
         await asyncio.to_thread(t.locker.rollback)
         for _ in range(500):  # the write, left to itself, ends once the lock goes
             if asyncio.all_tasks() == {asyncio.current_task()}:
@@ -213,16 +218,8 @@ def test_a_write_still_waiting_when_its_loop_ends_gives_its_connection_up(pg_url
     ends the write (its connection discarded, not held forever) and the Engine goes on."""
     t = _Locked(pg_url)
 
-    async def main() -> None:
-        request = asyncio.ensure_future(t.ctx.write(t.bump))
-        await asyncio.sleep(0.3)  # the fire now waits on the row lock
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        # ...and the loop ends with the write still waiting
-
     try:
-        asyncio.run(main())
+        asyncio.run(t.cancel_while_waiting())  # ...and the loop ends with the write waiting
         assert t.db.pool.checkedout() == 1  # only the locker's: the write's was given up
         t.locker.rollback()
         # the statement was sent before the end: the server ran it once the lock went
