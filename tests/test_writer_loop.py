@@ -11,7 +11,6 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-import greenlet
 import pytest
 import sqlalchemy as sa
 import structlog.testing
@@ -107,39 +106,6 @@ def test_a_write_on_the_loop_sees_the_callers_context(pg_url: str) -> None:
     assert anyio.run(main) == ("r-42", "r-42")  # a copy: the write's changes stay inside
     writer.close()
     db.dispose()
-
-
-def test_the_greenlet_that_ran_a_write_runs_the_next_as_new() -> None:
-    """Writes on the loop reuse their greenlets: each still sees only its own caller's
-    context, a failure does not carry over, and one write's results are not held after."""
-    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
-    ran_in: list[object] = []
-
-    def work(fail: bool) -> str:
-        ran_in.append(greenlet.getcurrent())
-        seen = request_id.get()
-        request_id.set("changed inside")
-        if fail:
-            raise ValueError(f"refused in {seen}")
-        return seen
-
-    async def one(rid: str | None, fail: bool = False) -> str:  # None: as the caller has it
-        if rid is not None:
-            request_id.set(rid)
-        return await run_on_loop(work, fail)
-
-    async def main() -> list[str]:
-        got = [await one("r-1")]
-        with pytest.raises(ValueError, match="refused in r-2"):
-            await one("r-2", fail=True)
-        got.append(await asyncio.create_task(one(None)))  # the caller's, as the task copied it
-        got.append(await one("r-4"))
-        return got
-
-    # never "changed inside": each write runs in a copy of its own caller's context
-    assert asyncio.run(main()) == ["r-1", "r-2", "r-4"]
-    assert len(set(map(id, ran_in))) == 1  # one greenlet ran the four writes in turn
-    assert ran_in[0].outcome is None  # type: ignore[attr-defined]  # nothing kept
 
 
 @pytest.mark.postgresql

@@ -94,35 +94,12 @@ class OffLoop(Exception):
     """
 
 
-_FINISHED = object()  # what a _LoopTask hands back when its write is over
-_KEEP_TASKS = 8  # idle _LoopTasks kept per thread (writes run at most four at a time)
-_IDLE = threading.local()  # .tasks: the idle _LoopTasks of the thread's event loop
-
 if greenlet is not None:
 
     class _LoopTask(greenlet.greenlet):
-        """Runs :func:`run_on_loop` writes on an event loop, one after another.
+        """A write running on an event loop (see :func:`run_on_loop`)."""
 
-        Kept between writes: a new greenlet's first frames cost about 30 µs, a quarter of a
-        SQLite transition. Between writes it waits in ``_serve`` for the next one.
-        """
-
-        committed = False  # whether a transaction of the write was committed (no rerun)
-        outcome: tuple[Any, BaseException | None] | None = None  # the write's, once over
-
-        def __init__(self) -> None:
-            super().__init__(self._serve)
-
-        def _serve(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
-            while True:
-                try:
-                    self.outcome = (func(*args), None)
-                except greenlet.GreenletExit:  # the task itself is being thrown away
-                    raise
-                except BaseException as exc:  # run_on_loop raises it
-                    self.outcome = (None, exc)
-                func = args = None  # type: ignore[assignment]  # nothing held while idle
-                func, args = self.parent.switch(_FINISHED)  # type: ignore[union-attr]
+        committed = False  # whether a transaction of it was committed (no rerun then)
 
 
 def _loop_task() -> Any:
@@ -150,33 +127,22 @@ async def run_on_loop(func: Callable[..., _T], *args: Any) -> _T:
     the SQLite lock. *func* should run one write transaction: once one has committed, a
     later one opens connections and waits for locks on the loop, blocking it. Cancelling
     it mid-statement leaves that connection to be discarded: callers run it in a task of
-    its own that a cancelled request leaves to finish, as a thread would finish too. The
-    greenlets that run writes are kept for the next ones (see :class:`_LoopTask`).
+    its own that a cancelled request leaves to finish, as a thread would finish too.
     """
     if greenlet is None:  # pragma: no cover - a dependency, unless a host removed it
         raise OffLoop("greenlet is not installed")
-    idle: list[_LoopTask] | None = getattr(_IDLE, "tasks", None)
-    if idle is None:
-        idle = _IDLE.tasks = []
-    task = idle.pop() if idle else _LoopTask()
-    task.parent = greenlet.getcurrent()  # where the loop runs now (it switches back here)
-    task.committed = False
+    task = _LoopTask(func)
     task.gr_context = contextvars.copy_context()
-    step = task.switch(func, args)
-    while step is not _FINISHED:  # the write waits: *step* is what it waits for
+    step = task.switch(*args)
+    while not task.dead:  # the write waits: *step* is what it waits for
         try:
             ready = await step
         except BaseException as exc:  # its wait failed: the write handles it
             step = task.throw(exc)
         else:
             step = task.switch(ready)
-    result, error = task.outcome  # type: ignore[misc]  # set before _FINISHED
-    task.outcome = None
-    if len(idle) < _KEEP_TASKS:
-        idle.append(task)
-    if error is not None:
-        raise error
-    return result  # type: ignore[no-any-return]
+    result: _T = step
+    return result
 
 
 def _wait_on_loop(driver: Any) -> None:
