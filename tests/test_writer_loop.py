@@ -9,6 +9,7 @@ import threading
 import uuid
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -33,30 +34,36 @@ def _sleep_in_a_write(writer: Writer, seconds: float) -> int:
     return threading.get_ident()
 
 
-@pytest.mark.postgresql
-def test_a_write_on_the_loop_lets_the_loop_run_while_it_waits(pg_url: str) -> None:
-    db = create_db_engine(pg_url)
-    writer = Writer(db)
-    _sleep_in_a_write(writer, 0)  # in this thread: opens the connection that is then kept
-    ticks = 0
+def _on_a_ticking_loop(func: Any, *args: Any) -> tuple[Any, int, int]:
+    """Run ``run_on_loop(func, *args)`` on a new loop with a ticker every 10 ms beside it:
+    its result, the ticks counted meanwhile and the loop's thread."""
 
-    async def main() -> tuple[int, int]:
-        nonlocal ticks
-        done = anyio.Event()
+    async def main() -> tuple[Any, int, int]:
+        ticks = 0
+        done = asyncio.Event()
 
         async def ticker() -> None:
             nonlocal ticks
             while not done.is_set():
                 ticks += 1
-                await anyio.sleep(0.01)
+                await asyncio.sleep(0.01)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            ident = await run_on_loop(_sleep_in_a_write, writer, 0.3)
+        beat = asyncio.ensure_future(ticker())
+        try:
+            return await run_on_loop(func, *args), ticks, threading.get_ident()
+        finally:
             done.set()
-        return ident, threading.get_ident()
+            await beat
 
-    ran_on, loop_thread = anyio.run(main)
+    return asyncio.run(main())
+
+
+@pytest.mark.postgresql
+def test_a_write_on_the_loop_lets_the_loop_run_while_it_waits(pg_url: str) -> None:
+    db = create_db_engine(pg_url)
+    writer = Writer(db)
+    _sleep_in_a_write(writer, 0)  # in this thread: opens the connection that is then kept
+    ran_on, ticks, loop_thread = _on_a_ticking_loop(_sleep_in_a_write, writer, 0.3)
     assert ran_on == loop_thread  # no worker thread
     assert ticks >= 10  # the loop went on for the 0.3 s the server slept
     assert db.pool.checkedout() == 1  # the kept connection, back in its place
@@ -251,23 +258,7 @@ def test_a_timed_wait_on_the_loop_lets_the_loop_run(pg_url: str) -> None:
             driver.execute("UNLISTEN *")  # type: ignore[union-attr]
             return got
 
-    async def main() -> tuple[list[str], int]:
-        ticks = 0
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        beat = asyncio.ensure_future(ticker())
-        got = await run_on_loop(listen)
-        done.set()
-        await beat
-        return got, ticks
-
-    got, ticks = asyncio.run(main())
+    got, ticks, _ = _on_a_ticking_loop(listen)
     assert got == []  # nothing was notified: the wait ended at its time limit
     assert ticks >= 10  # and the loop went on meanwhile
     assert db.pool.checkedout() == 1
