@@ -56,6 +56,7 @@ class Server:
 
     def __init__(self, url: str, workflows_dir: Path) -> None:
         self.port = _free_port()
+        self._clients: list[Any] = []
         env = {
             **os.environ,
             "SANGKIEN_DATABASE_URL": url,
@@ -102,7 +103,22 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-3000:]
 
+    def clients(self, token: str, n: int) -> list[Any]:
+        """*n* keep-alive clients authenticated with *token*, closed with the server."""
+        import httpx
+
+        made = [
+            httpx.Client(
+                base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+            for _ in range(n)
+        ]
+        self._clients.extend(made)
+        return made
+
     def close(self) -> None:
+        for client in self._clients:
+            client.close()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
@@ -208,8 +224,6 @@ def _py_fire(engine: Any, who: Any, toggle: Toggle) -> Callable[[float, list[flo
 
 
 def measure(url: str, levels: list[int], rounds: int, duration: float) -> dict[str, Any]:
-    import httpx
-
     from sangkien.api.tokens import make_token
 
     engine = migrated_engine(url)
@@ -225,12 +239,7 @@ def measure(url: str, levels: list[int], rounds: int, duration: float) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         workflow_files(Path(tmp))
         server = Server(url, Path(tmp))
-        clients = [
-            httpx.Client(
-                base_url=server.base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-            )
-            for _ in range(top)
-        ]
+        clients = server.clients(token, top)
         try:
             for c, cl in enumerate(clients):  # warm up every connection and thread
                 iid, trigger = http_toggles[c].next()
@@ -258,8 +267,6 @@ def measure(url: str, levels: list[int], rounds: int, duration: float) -> dict[s
                     d["lat"].sort()
                 out[level] = res
         finally:
-            for cl in clients:
-                cl.close()
             server.close()
             engine.close()
     return out

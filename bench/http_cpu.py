@@ -55,8 +55,6 @@ def _postgres_pids() -> list[int]:
 
 
 def measure(url: str, clients: int, seconds: float) -> list[list[str]]:
-    import httpx
-
     from sangkien.api.tokens import make_token
 
     engine = migrated_engine(url)
@@ -68,8 +66,7 @@ def measure(url: str, clients: int, seconds: float) -> list[list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         workflow_files(Path(tmp))
         server = Server(url, Path(tmp))
-        auth = {"Authorization": f"Bearer {token}"}
-        http = [httpx.Client(base_url=server.base, headers=auth) for _ in range(clients)]
+        http = server.clients(token, clients)
         try:
             for c in range(clients):  # warm up
                 iid, trigger = toggles[c].next()
@@ -116,8 +113,6 @@ def measure(url: str, clients: int, seconds: float) -> list[list[str]]:
                     ]
                 )
         finally:
-            for cl in http:
-                cl.close()
             server.close()
             engine.close()
     return rows

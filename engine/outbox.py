@@ -585,7 +585,8 @@ class DispatchResult:
     dead: int = 0
 
 
-_COUNTED = {"delivered": "delivered", "retry": "retried", "dead": "dead"}  # DispatchResult
+# the DispatchResult field that counts each outcome
+_COUNTED = {"delivered": "delivered", "retry": "retried", "dead": "dead"}
 
 
 class Dispatcher:
@@ -652,18 +653,18 @@ class Dispatcher:
 
     def dispatch(self, *, limit: int = 100, now: datetime | None = None) -> DispatchResult:
         """Claim and deliver one batch; return what happened."""
-        clock = self.engine.clock
         self._give_back_stranded()
-        rows = self.claim(limit, now or clock.now())
+        rows = self.claim(limit, now or self.engine.clock.now())
         result = DispatchResult(claimed=len(rows))
         for i, row in enumerate(rows):
             try:
-                self._deliver(row, result, now)
+                counted = _COUNTED[self._deliver(row, now)]
             except BaseException:
                 # the database went away while recording (or the process is stopping): the
                 # rest of the batch goes back at the next pass instead of waiting out its lease
                 self._stranded = ([row.id], [r.id for r in rows[i + 1 :]])
                 raise
+            setattr(result, counted, getattr(result, counted) + 1)
         return result
 
     def _give_back_stranded(self) -> None:
@@ -692,8 +693,8 @@ class Dispatcher:
         log.info("outbox.stranded_given_back", maybe_sent=maybe_sent, unsent=len(unsent))
         self._stranded = None
 
-    def _deliver(self, row: Any, result: DispatchResult, now: datetime | None) -> None:
-        """Send one claimed row through its adapter and record the outcome."""
+    def _deliver(self, row: Any, now: datetime | None) -> str:
+        """Send one claimed row through its adapter, record and return the outcome."""
         clock = self.engine.clock
         started = time.perf_counter()
         message = OutgoingMessage(
@@ -729,8 +730,6 @@ class Dispatcher:
             outcome = "dead" if row.attempts >= self.max_attempts else "retry"
         finished = clock.now() if now is None else now
         self._record(row, outcome, error, finished)
-        counted = _COUNTED[outcome]
-        setattr(result, counted, getattr(result, counted) + 1)
         log.info(
             "delivery",
             message_id=row.id,
@@ -742,6 +741,7 @@ class Dispatcher:
             error=error,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+        return outcome
 
     def _record(self, row: Any, outcome: str, error: str | None, now: datetime) -> None:
         o = t.outbox
