@@ -7,7 +7,7 @@ from typing import Annotated, Any, TypeVar
 import structlog
 from anyio import CancelScope, CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-from fastapi import Header, Request, Security
+from fastapi import APIRouter, Header, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +23,7 @@ from sangkien.api.idempotency import (
 )
 from sangkien.api.metrics import Metrics
 from sangkien.api.problems import ApiError, problem_route
+from sangkien.api.schemas import Problem
 from sangkien.api.settings import ApiSettings
 from sangkien.model import Actor
 from sangkien.runtime import Engine
@@ -56,6 +57,15 @@ WRITE_CONCURRENCY = 4
 REPLAYED_HEADER = "Idempotency-Replayed"
 JSON = "application/json"
 ACTOR_SCOPE_KEY = "sangkien.actor"
+
+# the problem+json answers every authenticated route may give, for the OpenAPI document
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or invalid credentials."},
+    403: {"model": Problem, "description": "Refused: the rule that refused it is in reasons."},
+    404: {"model": Problem, "description": "Not found, or outside the caller's units."},
+    409: {"model": Problem, "description": "A concurrent change, or a key still in use."},
+    422: {"model": Problem, "description": "The request is invalid."},
+}
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -135,6 +145,21 @@ class ApiContext:
                         pass  # this one goes to a thread (which keeps the connection it opens)
         self.metrics.writes_in_threads.inc()
         return await to_thread.run_sync(func, *args, limiter=limiter)
+
+    def router(
+        self, prefix: str = "", *, tags: list[str] | None = None, errors: bool = True
+    ) -> APIRouter:
+        """A router for routes of this API: problem+json errors, documented (*errors*).
+
+        Each route carries its error responses itself, so that an app may take the routes
+        straight into its own router (see :func:`~sangkien.api.app.create_app`).
+        """
+        return APIRouter(
+            prefix=prefix,
+            tags=list(tags or []),
+            route_class=self.route_class,
+            responses=ERROR_RESPONSES if errors else None,
+        )
 
     # -- dependencies
 

@@ -75,7 +75,7 @@ def instances_router(ctx: ApiContext, *, fast: bool = False) -> APIRouter:
     With *fast*, ordinary fires skip FastAPI's dependency solving (see ``fire_fast``): only
     for an app that adds no dependencies of its own to these routes, as :func:`create_app`.
     """
-    router = APIRouter(prefix="/v1/instances", tags=["instances"], route_class=ctx.route_class)
+    router = ctx.router("/v1/instances", tags=["instances"])
     engine = ctx.engine
     metrics = ctx.metrics
     actor_dep = Depends(ctx.actor)

@@ -11,10 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sangkien.api.context import ACTOR_SCOPE_KEY
 from sangkien.api.metrics import Metrics
 from sangkien.api.problems import REQUEST_ID_HEADER, request_id_of
+from sangkien.logs import hot_logger
 
 __all__ = ["RequestContextMiddleware"]
 
-log = structlog.get_logger("sangkien.api")
+_log = hot_logger("sangkien.api")  # one line per request
 
 _UNMATCHED = "<unmatched>"
 
@@ -59,7 +60,7 @@ class RequestContextMiddleware:
                     self.metrics.http_latency.labels(
                         method=scope["method"], route=route, status=str(status)
                     ).observe(elapsed)
-                log.info(
+                _log.get().info(
                     "http.request",
                     method=scope["method"],
                     path=scope["path"],

@@ -33,7 +33,7 @@ OutboxStatus = Annotated[
 
 def outbox_router(ctx: ApiContext) -> APIRouter:
     """The outbox administration routes (admin role only)."""
-    router = APIRouter(prefix="/v1/outbox", tags=["outbox"], route_class=ctx.route_class)
+    router = ctx.router("/v1/outbox", tags=["outbox"])
     engine = ctx.engine
     admin_dep = Depends(ctx.admin)
 
@@ -84,7 +84,7 @@ def outbox_router(ctx: ApiContext) -> APIRouter:
 
 def health_router(ctx: ApiContext) -> APIRouter:
     """Liveness, readiness and Prometheus metrics (no credentials needed)."""
-    router = APIRouter(tags=["operations"], route_class=ctx.route_class)
+    router = ctx.router(tags=["operations"], errors=False)
     engine = ctx.engine
 
     @router.get("/healthz", response_model=Health, summary="Liveness")

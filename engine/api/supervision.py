@@ -14,7 +14,7 @@ __all__ = ["supervision_router"]
 
 def supervision_router(ctx: ApiContext) -> APIRouter:
     """The deadline lists and campaign statistics of one API."""
-    router = APIRouter(prefix="/v1", route_class=ctx.route_class)
+    router = ctx.router("/v1")
     engine = ctx.engine
     actor_dep = Depends(ctx.actor)
 

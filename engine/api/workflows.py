@@ -104,7 +104,7 @@ def _report(text: str) -> tuple[ValidationReport, Definition | None]:
 
 def workflows_router(ctx: ApiContext) -> APIRouter:
     """The workflow definition routes of one API."""
-    router = APIRouter(prefix="/v1/workflows", tags=["workflows"], route_class=ctx.route_class)
+    router = ctx.router("/v1/workflows", tags=["workflows"])
     actor_dep = Depends(ctx.actor)
 
     @router.get("", response_model=list[WorkflowSummary], summary="List published workflows")
