@@ -215,14 +215,23 @@ def _print_instance(inst: Any, as_json: bool, extra: dict[str, Any] | None = Non
     default=None,
     help="Log format on stderr (env SANGKIEN_LOG_FORMAT).",
 )
-def cli(log_format: str | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_format: str | None) -> None:
     """sangkien: workflows for initiative campaigns (sáng kiến), from YAML to recognition."""
     from sangkien.logs import configure_logging
 
     fmt = log_format or os.environ.get("SANGKIEN_LOG_FORMAT", "auto")
     if fmt not in ("auto", "json", "console"):
         fmt = "auto"
-    configure_logging(fmt, os.environ.get("SANGKIEN_LOG_LEVEL", "INFO"))  # type: ignore[arg-type]
+    chosen = configure_logging(fmt, os.environ.get("SANGKIEN_LOG_LEVEL", "INFO"))  # type: ignore[arg-type]
+    ctx.ensure_object(dict)["log_format"] = chosen
+
+
+def _logs_to_a_person() -> bool:
+    """Whether the logs go to a terminal (console format) rather than to a collector (JSON),
+    where every line on stderr must be a log line."""
+    obj = click.get_current_context().find_root().obj
+    return not isinstance(obj, dict) or obj.get("log_format") != "json"
 
 
 @cli.command()
@@ -606,9 +615,11 @@ def worker(
                 err=True,
             )
             return
-        click.echo(
-            f"sangkien worker on {engine.dialect}: every {interval:g}s (Ctrl-C to stop)", err=True
-        )
+        if _logs_to_a_person():  # a collector gets the worker.started line alone
+            click.echo(
+                f"sangkien worker on {engine.dialect}: every {interval:g}s (Ctrl-C to stop)",
+                err=True,
+            )
         w.run_forever()
     finally:
         engine.close()

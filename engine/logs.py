@@ -23,8 +23,12 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
 
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO", stream: object = None
-) -> None:
-    """Log one line per event to *stream* (stderr): console in a terminal, JSON otherwise."""
+) -> Literal["json", "console"]:
+    """Log one line per event to *stream* (stderr): console in a terminal, JSON otherwise.
+
+    The standard library's loggers (uvicorn, APScheduler, SQLAlchemy) write their warnings
+    and errors the same way. Returns the format chosen.
+    """
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
@@ -33,18 +37,60 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer(ensure_ascii=False)
     )
+    # a traceback is one JSON string (the console renderer lays it out itself)
+    last: list[structlog.typing.Processor] = [_redact, renderer]
+    if fmt != "console":
+        last.insert(0, structlog.processors.format_exc_info)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            renderer,
+            *last,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _SameStream)]:
+        root.removeHandler(old)
+    root.addHandler(_SameStream(out, last))
+    # libraries speak up for warnings and errors only (httpx, for one, logs every request
+    # at INFO); a server lets its own lifecycle lines through (see sangkien.api.server)
+    root.setLevel(logging.WARNING)
+    return fmt
+
+
+class _SameStream(logging.Handler):
+    """Records of the standard library's loggers (uvicorn, APScheduler, SQLAlchemy) as lines
+    of the same format as ours, written by structlog's writer for the same stream.
+
+    Each is then one whole line (JSON in production), and never lands inside one of ours:
+    structlog writes a line and its newline under a lock of its own, which a plain
+    ``logging.StreamHandler`` does not take.
+    """
+
+    def __init__(self, out: Any, last: list[structlog.typing.Processor]) -> None:
+        super().__init__()
+        self._printer = structlog.PrintLogger(out)
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
+                foreign_pre_chain=[
+                    structlog.contextvars.merge_contextvars,
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                ],
+            )
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._printer.msg(self.format(record))
+        except Exception:  # as logging's own handlers do: never raise into the caller
+            self.handleError(record)
 
 
 class _HotLogger:

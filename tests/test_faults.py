@@ -116,24 +116,25 @@ class CliWorker:
         )
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        self.unparsed: list[str] = []  # lines that are not one JSON object
+        self.killed = False
         self.lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        decoder = json.JSONDecoder()
         for line in self.proc.stderr:
-            # a JSON line may be followed by text another thread wrote before its newline
-            # (APScheduler's "maximum number of running instances reached" warning)
-            try:
-                ev = decoder.raw_decode(line.lstrip())[0] if line.lstrip().startswith("{") else None
+            try:  # every line is one JSON object, libraries' warnings included
+                ev = json.loads(line)
             except ValueError:
                 ev = None
             with self.lock:
                 self.raw.append(line)
                 if isinstance(ev, dict):
                     self.events.append(ev)
+                else:
+                    self.unparsed.append(line)
 
     def count(self, name: str, **match: Any) -> int:
         with self.lock:
@@ -148,6 +149,7 @@ class CliWorker:
             return [e.get(key) for e in self.events if e.get("event") == name]
 
     def kill(self) -> None:
+        self.killed = True
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait(timeout=10) == -signal.SIGKILL
         self._reader.join(timeout=5)
@@ -179,6 +181,12 @@ def cli_workers() -> Iterator[list[CliWorker]]:
         if w.proc.poll() is None:
             w.proc.kill()
             w.proc.wait(timeout=10)
+    for w in started:
+        w._reader.join(timeout=5)
+        with w.lock:
+            # a log collector can parse every line; only a SIGKILL may cut the last one short
+            cut = w.raw[-1:] if w.killed else []
+            assert [line for line in w.unparsed if line not in cut] == [], w.unparsed[:3]
 
 
 def _timer_population(url: str, tmp_path: Path, instances: int) -> Path:

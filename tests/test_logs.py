@@ -1,8 +1,16 @@
-"""Logging: the per-fire logger bound once still follows structlog's configuration."""
+"""Logging: the per-fire logger follows structlog's configuration; library records join ours."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
 
 import structlog
 
@@ -28,3 +36,84 @@ def test_the_fire_log_line_follows_a_reconfiguration() -> None:
     assert '"instance_id": "b"' not in second.getvalue()
     assert [e["instance_id"] for e in captured] == ["c"]
     assert '"instance_id": "d"' in second.getvalue()  # capture_logs put the renderer back
+
+
+@contextlib.contextmanager
+def _configured(fmt: Literal["json", "console"], stream: Any) -> Iterator[None]:
+    """configure_logging for one test; structlog and the root logger restored after it."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging(fmt, "INFO", stream=stream)
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_library_records_are_lines_of_the_same_format() -> None:
+    """The standard library's loggers (APScheduler, uvicorn, httpx) write JSON lines too:
+    their warnings and errors, a traceback as one string; their chatter
+    at INFO stays out."""
+    out = io.StringIO()
+    with _configured("json", out):
+        logging.getLogger("apscheduler.scheduler").warning("maximum number reached: %s", "tick")
+        logging.getLogger("httpx").info("HTTP Request: POST http://x")
+        structlog.get_logger().info("transition", instance_id="a")
+        try:
+            raise ValueError("bad thing")
+        except ValueError:
+            logging.getLogger("sqlalchemy.pool").exception("pool failed")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e["level"], e.get("logger")) for e in lines] == [
+        ("maximum number reached: tick", "warning", "apscheduler.scheduler"),
+        ("transition", "info", None),
+        ("pool failed", "error", "sqlalchemy.pool"),
+    ]
+    assert "ValueError: bad thing" in lines[2]["exception"]
+
+
+def test_console_format_renders_library_records_too() -> None:
+    out = io.StringIO()
+    with _configured("console", out):
+        logging.getLogger("apscheduler.scheduler").warning("run late by %d s", 3)
+    assert "run late by 3 s" in out.getvalue()
+    assert "[apscheduler.scheduler]" in out.getvalue()
+
+
+def test_lines_from_threads_of_both_never_interleave(tmp_path: Path) -> None:
+    """structlog writes a line and its newline under a lock of its own: records of the
+    standard library take the same lock, so no line lands inside another (as APScheduler's
+    warnings did in a worker's JSON log)."""
+    path = tmp_path / "log.jsonl"
+    n = 2000
+    switch = sys.getswitchinterval()
+    # unbuffered like a process's stderr: every write is a system call of its own
+    stderr_like = io.TextIOWrapper(io.FileIO(path, "w"), encoding="utf-8", write_through=True)
+    with stderr_like as out, _configured("json", out):
+
+        def ours(k: int) -> None:
+            for i in range(n):
+                structlog.get_logger().info("transition", thread=k, i=i)
+
+        def theirs(k: int) -> None:
+            for i in range(n):
+                logging.getLogger("apscheduler").warning("late %d %d", k, i)
+
+        sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+        try:
+            threads = [
+                threading.Thread(target=f, args=(k,)) for k, f in enumerate([ours, theirs] * 2)
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        finally:
+            sys.setswitchinterval(switch)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines]  # each line is one whole JSON object
+    assert len(events) == 4 * n
+    assert sum(e["event"] == "transition" for e in events) == 2 * n

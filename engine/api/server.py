@@ -98,7 +98,7 @@ def run(
     api_settings = api_settings or ApiSettings()
     host = host or api_settings.host
     port = api_settings.port if port is None else port
-    configure_logging(settings.log_format, settings.log_level)
+    fmt = configure_logging(settings.log_format, settings.log_level)
     demo = not api_settings.has_credentials()
     if demo:
         if not _loopback(host):
@@ -112,23 +112,14 @@ def run(
     app = create_app(settings, api_settings=api_settings)
     engine = app.state.sangkien.engine
     url = _url(host, port)
-    out = sys.stderr
-    print(
-        f"sangkien API on {url}  ({engine.dialect}, worker {'on' if worker else 'off'})", file=out
-    )
-    print(f"  docs:    {url}/docs" if api_settings.docs else "  docs:    off", file=out)
-    print(f"  health:  {url}/healthz   ready: {url}/readyz   metrics: {url}/metrics", file=out)
-    if demo:
-        print(
-            "  auth:    DEMO secret (loopback only); get a token with: sangkien token --sub "
-            "pham.van.duc",
-            file=out,
-        )
-    out.flush()
+    _announce(fmt, url, engine.dialect, worker=worker, docs=api_settings.docs, demo=demo)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        # uvicorn's lines go through ours (JSON in production), at the configured level
+        log_config=None,
+        log_level=settings.log_level.lower(),
         access_log=False,  # the app logs one structured line per request
         lifespan="on",
         timeout_graceful_shutdown=15,
@@ -145,3 +136,31 @@ def run(
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_DEMO_HINT = "DEMO secret (loopback only); get a token with: sangkien token --sub pham.van.duc"
+
+
+def _announce(fmt: str, url: str, dialect: str, *, worker: bool, docs: bool, demo: bool) -> None:
+    """Where the server listens: a few lines for a person at a terminal, one log line (JSON)
+    for a log collector, so that every line it reads is one it can parse."""
+    links = {
+        "docs": f"{url}/docs" if docs else "off",
+        "health": f"{url}/healthz",
+        "ready": f"{url}/readyz",
+        "metrics": f"{url}/metrics",
+    }
+    if fmt != "console":
+        extra = {"auth": _DEMO_HINT} if demo else {}
+        log.info("server.listening", url=url, database=dialect, worker=worker, **links, **extra)
+        return
+    out = sys.stderr
+    print(f"sangkien API on {url}  ({dialect}, worker {'on' if worker else 'off'})", file=out)
+    print(f"  docs:    {links['docs']}", file=out)
+    print(
+        f"  health:  {links['health']}   ready: {links['ready']}   metrics: {links['metrics']}",
+        file=out,
+    )
+    if demo:
+        print(f"  auth:    {_DEMO_HINT}", file=out)
+    out.flush()
