@@ -29,7 +29,7 @@ from sangkien.calendar import Calendar, Duration, parse_duration
 from sangkien.definition import ClockSpec, DeadlineSpec, Definition
 from sangkien.errors import ConcurrencyConflict, SangkienError, TransitionNotAllowed
 from sangkien.expressions import ExpressionError
-from sangkien.logs import hot_logger
+from sangkien.logs import hot_logger, when_committed
 from sangkien.model import Actor
 from sangkien.store import schema as t
 from sangkien.store.fast import DeadlineWrites
@@ -257,7 +257,8 @@ class Scheduler:
             },
             self.timers_for(cal, spec, base, now),
         )
-        _hot_log.get().info(
+        when_committed(
+            _hot_log.get().info,
             "deadline.set",
             instance_id=inst.id,
             workflow=inst.workflow,
@@ -311,7 +312,8 @@ class Scheduler:
         return spec is not None and spec.type == "date"
 
     def _unset(self, inst: Any, name: str, source: str) -> None:
-        log.warning(
+        when_committed(
+            log.warning,
             "deadline.unset",
             instance_id=inst.id,
             workflow=inst.workflow,
@@ -450,7 +452,8 @@ class Scheduler:
                     anchor_at=anchor,
                     escalations_done=0,
                 )
-                log.info(
+                when_committed(
+                    log.info,
                     "deadline.moved",
                     instance_id=inst.id,
                     deadline=f"{kind}:{name}",
@@ -507,7 +510,9 @@ class Scheduler:
                     .values(status="closed", closed_at=now)
                 )
                 self._cancel_timers(conn, [row.id], f"clock stopped by {trigger}")
-                log.info("clock.stopped", instance_id=inst.id, clock=cname, trigger=trigger)
+                when_committed(
+                    log.info, "clock.stopped", instance_id=inst.id, clock=cname, trigger=trigger
+                )
                 continue
             if not entered:
                 continue
@@ -518,7 +523,7 @@ class Scheduler:
                     .values(status="paused", paused_at=now)
                 )
                 self._cancel_timers(conn, [row.id], "clock paused")
-                log.info("clock.paused", instance_id=inst.id, clock=cname)
+                when_committed(log.info, "clock.paused", instance_id=inst.id, clock=cname)
             elif state in clock.runs_in and row.status == "paused":
                 unit = parse_duration(row.period).unit if row.period else "days"
                 shifts = [
@@ -549,7 +554,13 @@ class Scheduler:
                         if x[0] != "remind" or x[2] > now
                     ],
                 )
-                log.info("clock.resumed", instance_id=inst.id, clock=cname, due_at=due.isoformat())
+                when_committed(
+                    log.info,
+                    "clock.resumed",
+                    instance_id=inst.id,
+                    clock=cname,
+                    due_at=due.isoformat(),
+                )
             elif state not in clock.runs_in and state not in clock.pauses_in:
                 conn.execute(
                     t.deadlines.update()
@@ -557,7 +568,9 @@ class Scheduler:
                     .values(status="closed", closed_at=now)
                 )
                 self._cancel_timers(conn, [row.id], "clock stopped")
-                log.info("clock.stopped", instance_id=inst.id, clock=cname, state=state)
+                when_committed(
+                    log.info, "clock.stopped", instance_id=inst.id, clock=cname, state=state
+                )
 
     # ------------------------------------------------------------ extension & recompute
 
@@ -675,14 +688,16 @@ class Runner:
                         outcome = self._process(conn, row, now, result)
                 except ConcurrencyConflict:
                     result.retried += 1
-                    log.info(
+                    when_committed(
+                        log.info,
                         "timer.retry",
                         timer_id=row.id,
                         instance_id=row.instance_id,
                         reason="instance changed concurrently",
                     )
                     continue
-                log.info(
+                when_committed(
+                    log.info,
                     "timer",
                     timer_id=row.id,
                     instance_id=row.instance_id,

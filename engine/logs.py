@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "hot_logger"]
+__all__ = ["configure_logging", "held_until_commit", "hot_logger", "when_committed"]
 
 _SECRET_KEYS = ("password", "secret", "token", "api_key", "authorization")
 
@@ -121,3 +123,40 @@ class _HotLogger:
 def hot_logger(name: str) -> _HotLogger:
     """A logger for the hot path: ``hot_logger(name).get().info(...)``."""
     return _HotLogger(name)
+
+
+# the log calls held back by the write transaction in progress (see held_until_commit)
+_HELD: ContextVar[list[Callable[[], Any]] | None] = ContextVar("sangkien.logs.held", default=None)
+
+
+def when_committed(log_call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Log ``log_call(*args, **kwargs)`` once the write transaction in progress commits.
+
+    A line that says a timer fired or a message was written is then only ever logged for
+    work that was kept: a transaction rolled back (a worker killed, the database gone at
+    commit, a conflict retried) leaves no line behind. Outside such a transaction (and in
+    a host's own transaction, whose commit the engine does not see) it is logged at once.
+    """
+    held = _HELD.get()
+    if held is None:
+        log_call(*args, **kwargs)
+    else:
+        held.append(lambda: log_call(*args, **kwargs))
+
+
+@contextmanager
+def held_until_commit() -> Iterator[None]:
+    """Hold the :func:`when_committed` lines of the block; log them if it ends normally
+    (put it outside the transaction, so that it ends after the commit), drop them if it
+    raises. Nested, the outermost one decides."""
+    if _HELD.get() is not None:
+        yield
+        return
+    held: list[Callable[[], Any]] = []
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+    for call in held:
+        call()

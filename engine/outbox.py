@@ -30,6 +30,7 @@ import sqlalchemy as sa
 import structlog
 
 from sangkien.errors import InstanceNotFound, SangkienError
+from sangkien.logs import when_committed
 from sangkien.notifications import (
     NotificationAdapter,
     OutgoingMessage,
@@ -216,7 +217,8 @@ class Notifier:
         if recipient_name is not None and len(recipient_name) > 255:
             recipient_name = recipient_name[:254] + "…"
         if dead_reason:
-            log.warning(
+            when_committed(
+                log.warning,
                 "outbox.undeliverable",
                 instance_id=instance_id,
                 channel=channel,

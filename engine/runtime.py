@@ -51,7 +51,7 @@ from sangkien.errors import (
 from sangkien.expressions import ExpressionError
 from sangkien.fields import check_data, check_value, normalize
 from sangkien.history import GENESIS, ChainBreak, event_hash, verify_chain
-from sangkien.logs import hot_logger
+from sangkien.logs import held_until_commit, hot_logger
 from sangkien.machine import machine_for
 from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
@@ -621,17 +621,18 @@ class Engine:
         again; otherwise they become StoreError and StoreConflict.
         """
         try:
+            # lines about what the transaction did are logged once it has committed
             if self._conn is not None:
                 if self._conn.in_transaction():
-                    yield self._conn
+                    yield self._conn  # the host's: its commit is not ours to see
                 else:
-                    with self._conn.begin():
+                    with held_until_commit(), self._conn.begin():
                         yield self._conn
             elif self._writer is not None:
-                with self._writer.transaction() as conn:
+                with held_until_commit(), self._writer.transaction() as conn:
                     yield conn
             else:
-                with self._db.begin() as conn:
+                with held_until_commit(), self._db.begin() as conn:
                     yield conn
         except StaleConnection as exc:
             if retryable:

@@ -6,6 +6,7 @@ that reason, except under CI=true, where a missing server is a failure, never a 
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
@@ -30,6 +32,20 @@ def _pg_unavailable() -> str | None:
     except Exception as exc:
         return f"PostgreSQL at SANGKIEN_TEST_POSTGRESQL_URL is unreachable: {exc}"
     return None
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Each test finds logging as configured before it: a CLI or an app run in-process
+    configures structlog and the root logger for the whole process, and a later test's
+    ``capture_logs`` would keep that configuration's level."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 _PG_REASON: str | None = None

@@ -405,37 +405,67 @@ def test_cli_workers_fire_every_timer_once_when_one_is_sigkilled_mid_batch(
     """Three `sangkien worker` processes, 1,200 due timers; one is SIGKILLed inside a batch.
 
     A batch is one transaction (here up to 200 instances, 600 timers). The victim is killed
-    a few dozen timers into its first batch: nothing it did is committed, and the others
-    must fire every one of those timers, once.
+    while its batch has written and not committed (its server process has a transaction
+    id, for 50 ms or more): nothing of that batch is kept or logged, and the others must
+    fire every one of those timers, once.
     """
     instances = 400
     _timer_population(pg_url, tmp_path, instances)
     assert _pending_due(pg_url) == 3 * instances
     started = time.monotonic()
-    for _ in range(3):
-        cli_workers.append(CliWorker(pg_url, batch=800))
+    for k in range(3):
+        cli_workers.append(CliWorker(_named(pg_url, f"fault-w{k}"), batch=800))
 
-    def busy() -> CliWorker | None:
-        return next((w for w in cli_workers if w.count("timer") >= 40), None)
-
-    _wait(lambda: busy() is not None, 25, "a worker to be well into a batch", step=0.005)
-    victim = busy()
-    assert victim is not None
+    busy: list[str] = []
+    _wait(
+        lambda: bool(busy.extend(_mid_batch(pg_url)) or busy),
+        25,
+        "a worker to be inside a batch",
+        step=0.005,
+    )
+    victim = cli_workers[int(busy[0].removeprefix("fault-w"))]
     victim.kill()
-    done_by_victim = [int(i) for i in victim.values("timer", "timer_id")]
-    assert len(done_by_victim) < 600, "the victim finished its first batch before the kill"
-    # the batch was in flight: none of what the victim processed was committed
-    assert _pending_among(pg_url, done_by_victim) == len(done_by_victim)
+    # a `timer` line is logged once its batch committed: those are fired, the rest not logged
+    logged_by_victim = [int(i) for i in victim.values("timer", "timer_id")]
+    assert _pending_among(pg_url, logged_by_victim) == 0
     survivors = [w for w in cli_workers if w is not victim]
     _wait(lambda: _pending_due(pg_url) == 0, 25, "the survivors to fire every due timer")
     for w in survivors:
         assert w.stop() == 0, w.log_tail()
     _check_timers_exactly_once(pg_url, instances)
+    logged = [int(i) for w in cli_workers for i in w.values("timer", "timer_id")]
+    assert len(logged) == len(set(logged)) == 3 * instances  # one line per timer, no more
     print(
-        f"victim processed {len(done_by_victim)} timers, none committed, before SIGKILL; "
+        f"victim committed {len(logged_by_victim)} timers before the SIGKILL in a batch; "
         f"survivors fired {[w.count('timer') for w in survivors]}; "
         f"{time.monotonic() - started:.1f}s"
     )
+
+
+def _named(url: str, name: str) -> str:
+    """*url* with an application name, for pg_stat_activity to tell the processes apart."""
+    return (
+        sa.engine.make_url(url)
+        .update_query_dict({"application_name": name})
+        .render_as_string(hide_password=False)
+    )
+
+
+def _mid_batch(url: str) -> list[str]:
+    """Application names of the fault-w* processes inside a writing transaction of 50 ms+."""
+    db = sa.create_engine(url)
+    try:
+        with db.connect() as conn:
+            return [
+                str(name)
+                for (name,) in conn.exec_driver_sql(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'fault-w%%' AND backend_xid IS NOT NULL"
+                    " AND now() - xact_start > interval '50 milliseconds'"
+                )
+            ]
+    finally:
+        db.dispose()
 
 
 @dataclass
@@ -743,3 +773,45 @@ def test_full_sqlite_database_gives_a_clear_store_error(tmp_path: Path) -> None:
     assert after.version == 1 + fired and after.data["count"] == fired
     assert engine.verify() == []
     engine.close()
+
+
+@pytest.mark.postgresql
+def test_a_pass_lost_at_commit_logs_no_timer_line(pg_url: str, tmp_path: Path) -> None:
+    """A `timer` line is logged only for a firing that was kept: a pass whose transaction
+    fails at its commit (here a deferred trigger refuses it) leaves no line behind, and the
+    pass that does fire the timers logs each once."""
+    import structlog
+
+    _timer_population(pg_url, tmp_path, 5)  # 15 due timers
+    db = sa.create_engine(pg_url)
+    with db.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON sk_events "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+        )
+    engine = Engine(pg_url)
+    try:
+        with (
+            structlog.testing.capture_logs() as lost,
+            pytest.raises(StoreError, match="refused at commit"),
+        ):
+            engine.tick()
+        assert _pending_due(pg_url) == 15  # nothing was kept...
+        assert [e["event"] for e in lost if e["event"].startswith(("timer", "deadline"))] == []
+
+        with db.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_at_commit ON sk_events")
+        with structlog.testing.capture_logs() as kept:
+            result = engine.tick()
+        lines = [e["timer_id"] for e in kept if e["event"] == "timer"]
+        # the due notices fired; the reminders, late by now, were skipped (and logged so)
+        assert (result.fired, result.skipped) == (5, 10)
+        assert len(lines) == len(set(lines)) == 15
+        assert _pending_due(pg_url) == 0
+    finally:
+        engine.close()
+        db.dispose()

@@ -117,3 +117,23 @@ def test_lines_from_threads_of_both_never_interleave(tmp_path: Path) -> None:
     events = [json.loads(line) for line in lines]  # each line is one whole JSON object
     assert len(events) == 4 * n
     assert sum(e["event"] == "transition" for e in events) == 2 * n
+
+
+def test_lines_held_until_commit_are_logged_after_it_or_dropped() -> None:
+    from sangkien.logs import held_until_commit, when_committed
+
+    said: list[str] = []
+    when_committed(said.append, "outside")  # no transaction: at once
+    assert said == ["outside"]
+    with held_until_commit():
+        when_committed(said.append, "kept")
+        with held_until_commit():  # nested: the outermost decides
+            when_committed(said.append, "inner")
+        assert said == ["outside"]
+    assert said == ["outside", "kept", "inner"]
+    with contextlib.suppress(RuntimeError), held_until_commit():
+        when_committed(said.append, "rolled back")
+        raise RuntimeError("the commit failed")
+    assert said == ["outside", "kept", "inner"]
+    when_committed(said.append, "after")  # nothing held any more
+    assert said[-1] == "after"
