@@ -60,31 +60,46 @@ class Settings(BaseSettings):
         description="Link to an instance in the host platform, e.g. "
         "'https://portal.example/sang-kien/{instance_id}'.",
     )
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    smtp_security: Literal["none", "starttls", "tls"] = "none"
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_from: str = "sangkien@localhost"
-    smtp_timeout: float = 10.0
+    smtp_host: str = Field("localhost", description="SMTP server of the email channel.")
+    smtp_port: int = Field(25, description="Its port.")
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "none", description="none, starttls (port 587) or tls (port 465)."
+    )
+    smtp_username: str | None = Field(None, description="SMTP login, if the server asks.")
+    smtp_password: SecretStr | None = Field(None, description="Its password (never logged).")
+    smtp_from: str = Field("sangkien@localhost", description="Sender address of the emails.")
+    smtp_timeout: float = Field(10.0, description="Seconds to wait for the SMTP server.")
     webhook_secret: SecretStr | None = Field(
         None, description="Standard Webhooks signing secret ('whsec_' + base64)."
     )
     webhook_allowed_hosts: str = Field(
         "", description="Hosts webhooks may be sent to, comma-separated (empty: none)."
     )
-    webhook_timeout: float = 10.0
+    webhook_timeout: float = Field(10.0, description="Seconds to wait for a webhook receiver.")
     subscribers: list[Subscriber] = Field(
         default_factory=list,
         description="Event webhooks for hosts, as JSON: "
         '[{"url": "https://host/hook", "events": ["*"]}] (signed with webhook_secret).',
     )
-    outbox_max_attempts: int = Field(8, ge=1)
-    outbox_backoff_seconds: float = Field(30.0, gt=0)
-    outbox_backoff_max_seconds: float = Field(3600.0, gt=0)
-    outbox_lease_seconds: float = Field(300.0, gt=0)
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "INFO"
+    outbox_max_attempts: int = Field(
+        8, ge=1, description="Tries of a message before it is dead (kept for a person)."
+    )
+    outbox_backoff_seconds: float = Field(
+        30.0, gt=0, description="Wait before the first retry; it doubles at each try (with jitter)."
+    )
+    outbox_backoff_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two tries."
+    )
+    outbox_lease_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long a worker holds the messages it claimed; after that (the worker "
+        "died) another sends them again, with the same id.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Logs on stderr: json, console, or auto (console in a terminal)."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("subscribers", mode="before")
     @classmethod

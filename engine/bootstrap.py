@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sangkien.runtime import Engine
 
-__all__ = ["adapters_from_settings", "dispatcher_from_settings", "engine_from_settings"]
+__all__ = [
+    "SettingDoc",
+    "adapters_from_settings",
+    "dispatcher_from_settings",
+    "engine_from_settings",
+    "settings_reference",
+]
 
 
 def engine_from_settings(settings: Any, **overrides: Any) -> Engine:
@@ -49,3 +56,58 @@ def dispatcher_from_settings(engine: Engine, settings: Any, **overrides: Any) ->
     }
     kwargs.update(overrides)
     return Dispatcher(engine, adapters_from_settings(settings), **kwargs)
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One ``SANGKIEN_*`` environment variable: its default, its value here, its meaning."""
+
+    variable: str
+    default: str
+    value: str
+    meaning: str
+
+
+def settings_reference(values: bool = True) -> list[SettingDoc]:
+    """Every ``SANGKIEN_*`` variable of the engine and the API, in declaration order.
+
+    With *values*, the value each has in this process's environment (secrets as ``***``);
+    raises pydantic's ValidationError if one of them is invalid.
+    """
+    from pydantic import SecretStr
+
+    from sangkien.api.settings import ApiSettings
+    from sangkien.config import Settings
+
+    out = []
+    for cls in (Settings, ApiSettings):
+        now = cls() if values else None
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            value = getattr(now, name) if now is not None else None
+            shown = "***" if isinstance(value, SecretStr) else _shown(value)
+            out.append(
+                SettingDoc(
+                    variable=f"{prefix}{name}".upper(),
+                    default=_shown(default),
+                    value=shown if now is not None else "",
+                    meaning=" ".join((field.description or "").split()),
+                )
+            )
+    return out
+
+
+def _shown(value: Any) -> str:
+    """*value* as it would be written in the environment."""
+    if value is None or value == "" or value == []:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    if isinstance(value, list):
+        import json
+
+        return json.dumps([v.model_dump() if hasattr(v, "model_dump") else v for v in value])
+    return str(value)

@@ -42,7 +42,7 @@ def _settings(database_url: str | None, workflows: tuple[str, ...]) -> Any:
     try:
         s = Settings()
     except Exception as exc:  # pydantic ValidationError on a bad SANGKIEN_* variable
-        _fail(f"invalid SANGKIEN_ setting: {str(exc).splitlines()[0]}")
+        _fail(_setting_error(exc))
     if database_url:
         s.database_url = database_url
     if workflows:
@@ -52,6 +52,17 @@ def _settings(database_url: str | None, workflows: tuple[str, ...]) -> Any:
             else os.pathsep.join(workflows)
         )
     return s
+
+
+def _setting_error(exc: Exception) -> str:
+    """One line naming the SANGKIEN_* variable that is wrong, and why."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = first.get("loc") or ("?",)
+        given = f" (got {first['input']!r})" if isinstance(first.get("input"), str) else ""
+        return f"invalid setting SANGKIEN_{str(loc[0]).upper()}: {first.get('msg')}{given}"
+    return f"invalid SANGKIEN_ setting: {str(exc).splitlines()[0]}"
 
 
 def db_options(fn: F) -> F:
@@ -567,6 +578,35 @@ def verify(instance_id: str | None, database_url: str | None, workflows: tuple[s
     if breaks:
         _fail(f"history tampered: {len(breaks)} problem(s) found")
     click.echo("history verified: every chain intact")
+
+
+@cli.command("settings")
+@click.option(
+    "--markdown", is_flag=True, help="A Markdown table of the defaults (as in docs/operations.md)."
+)
+def settings_command(markdown: bool) -> None:
+    """List every SANGKIEN_* environment variable: its default, its value here, its meaning.
+
+    Secrets show as ***. Every sangkien process (serve, worker, the CLI) reads these.
+    """
+    from sangkien.bootstrap import settings_reference
+
+    try:
+        docs = settings_reference(values=not markdown)
+    except Exception as exc:  # pydantic ValidationError on a bad SANGKIEN_* variable
+        _fail(_setting_error(exc))
+    if markdown:
+        click.echo("| variable | default | meaning |")
+        click.echo("|---|---|---|")
+        for d in docs:
+            click.echo(f"| `{d.variable}` | `{d.default}` | {d.meaning} |")
+        return
+    width = max(len(d.variable) for d in docs)
+    for d in docs:
+        mark = "" if d.value == d.default else "   (set)"
+        click.echo(f"{d.variable:<{width}}  {d.value}{mark}")
+        if d.meaning:
+            click.echo(f"{'':<{width}}    {d.meaning}")
 
 
 @cli.command()

@@ -798,9 +798,18 @@ class Engine:
         q = q.where(d.c.version == version) if version is not None else q
         row = conn.execute(q.order_by(d.c.version.desc()).limit(1)).first()
         if row is None:
-            known = ", ".join(sorted(self._latest)) or "none registered"
+            # the database's list, not this process's: another process may have published
+            stored = sorted(set(conn.execute(sa.select(d.c.key).distinct()).scalars()))
             what = f"{key!r} version {version}" if version is not None else repr(key)
-            raise WorkflowNotFound(f"no workflow {what} is registered (known: {known})")
+            hint = (
+                ""
+                if key in stored  # only that version is missing
+                else "; publish its file first (`sangkien publish FILE` or Engine.register)"
+            )
+            raise WorkflowNotFound(
+                f"no workflow {what} is registered (registered: {', '.join(stored) or 'none'})"
+                + hint
+            )
         cached = self._defs.get((key, row.version))
         if cached is not None and cached.content_hash == row.content_hash:
             return cached

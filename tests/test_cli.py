@@ -275,3 +275,34 @@ def test_transition_logged_as_one_json_line(db: str) -> None:
         "m1",
     )
     assert t["duration_ms"] >= 0
+
+
+def test_settings_lists_every_variable_with_secrets_masked() -> None:
+    """`sangkien settings` shows each SANGKIEN_* variable as this process sees it."""
+    proc = run("settings", env={"SANGKIEN_PORT": "9000", "SANGKIEN_SMTP_PASSWORD": "hunter2"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.split() == ["SANGKIEN_PORT", "9000", "(set)"] for line in lines)
+    assert any(line.split() == ["SANGKIEN_SMTP_PASSWORD", "***", "(set)"] for line in lines)
+    assert any(line.split() == ["SANGKIEN_SMTP_PORT", "25"] for line in lines)  # the default
+    assert "hunter2" not in proc.stdout + proc.stderr
+
+
+def test_settings_names_the_invalid_variable_in_one_line() -> None:
+    proc = run("settings", env={"SANGKIEN_OUTBOX_MAX_ATTEMPTS": "0"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: invalid setting SANGKIEN_OUTBOX_MAX_ATTEMPTS: "
+        "Input should be greater than or equal to 1 (got '0')"
+    ]
+    assert_no_traceback(proc)
+
+
+def test_the_operations_guide_lists_every_setting() -> None:
+    """docs/operations.md carries the table `sangkien settings --markdown` prints."""
+    proc = run("settings", "--markdown")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.strip()
+    assert table.count("\n| `SANGKIEN_") >= 40
+    guide = (HERE.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert table in guide

@@ -162,9 +162,19 @@ def test_get_history_available_of_unknown_id_raise_instance_not_found(engine: En
 
 
 def test_start_of_unknown_workflow_raises_workflow_not_found(engine: Engine) -> None:
-    """Starting a workflow key that was never registered is WorkflowNotFound."""
-    with pytest.raises(WorkflowNotFound, match="'vacation'"):
+    """Starting a workflow key that was never registered is WorkflowNotFound, naming what
+    the database holds and how to publish it."""
+    with pytest.raises(WorkflowNotFound, match="'vacation'") as err:
         engine.start("vacation", actor=ALICE)
+    assert "(registered: leave" in str(err.value)
+    assert "sangkien publish FILE" in str(err.value)
+    # a process that registered nothing itself still sees what another one published
+    other = Engine(engine.db)
+    with pytest.raises(WorkflowNotFound, match=r"registered: leave"):
+        other.start("vacation", actor=ALICE)
+    other.close()
+    with pytest.raises(WorkflowNotFound, match=r"'leave' version 9 .*\)$"):
+        engine.definition("leave", 9)
 
 
 def test_unknown_trigger_and_wrong_state_are_refused_with_reasons(engine: Engine) -> None:
