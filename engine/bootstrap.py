@@ -86,7 +86,8 @@ def settings_reference(values: bool = True) -> list[SettingDoc]:
         for name, field in cls.model_fields.items():
             default = field.get_default(call_default_factory=True)
             value = getattr(now, name) if now is not None else None
-            shown = "***" if isinstance(value, SecretStr) else _shown(value)
+            secret = isinstance(value, SecretStr) or is_secret_name(name)
+            shown = "***" if secret and value else _shown(value)
             out.append(
                 SettingDoc(
                     variable=f"{prefix}{name}".upper(),
@@ -98,16 +99,29 @@ def settings_reference(values: bool = True) -> list[SettingDoc]:
     return out
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a setting called *name* holds a secret (never shown, never logged)."""
+    return any(word in name.lower() for word in ("secret", "password", "token"))
+
+
+def without_password(text: str) -> str:
+    """*text* with the password of any URL in it (``scheme://user:password@host``) masked."""
+    import re
+
+    return re.sub(r"(://[^/\s:@]*:)[^/\s@]*@", r"\1***@", text)
+
+
 def _shown(value: Any) -> str:
-    """*value* as it would be written in the environment."""
+    """*value* as it would be written in the environment (URL passwords masked)."""
     if value is None or value == "" or value == []:
         return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
+        return without_password(",".join(value))
     if isinstance(value, list):
         import json
 
-        return json.dumps([v.model_dump() if hasattr(v, "model_dump") else v for v in value])
-    return str(value)
+        items = [v.model_dump() if hasattr(v, "model_dump") else v for v in value]
+        return without_password(json.dumps(items))
+    return without_password(str(value))

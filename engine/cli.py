@@ -56,12 +56,19 @@ def _settings(database_url: str | None, workflows: tuple[str, ...]) -> Any:
 
 def _setting_error(exc: Exception) -> str:
     """One line naming the SANGKIEN_* variable that is wrong, and why."""
+    from sangkien.bootstrap import is_secret_name, without_password
+
     errors = getattr(exc, "errors", None)
     if callable(errors):
         first = errors()[0]
-        loc = first.get("loc") or ("?",)
-        given = f" (got {first['input']!r})" if isinstance(first.get("input"), str) else ""
-        return f"invalid setting SANGKIEN_{str(loc[0]).upper()}: {first.get('msg')}{given}"
+        name = str((first.get("loc") or ("?",))[0])
+        given = first.get("input")
+        shown = (
+            f" (got {without_password(given)!r})"
+            if isinstance(given, str) and not is_secret_name(name)
+            else ""
+        )
+        return f"invalid setting SANGKIEN_{name.upper()}: {first.get('msg')}{shown}"
     return f"invalid SANGKIEN_ setting: {str(exc).splitlines()[0]}"
 
 

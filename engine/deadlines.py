@@ -29,7 +29,7 @@ from sangkien.calendar import Calendar, Duration, parse_duration
 from sangkien.definition import ClockSpec, DeadlineSpec, Definition
 from sangkien.errors import ConcurrencyConflict, SangkienError, TransitionNotAllowed
 from sangkien.expressions import ExpressionError
-from sangkien.logs import hot_logger, when_committed
+from sangkien.logs import held_until_commit, hot_logger, when_committed
 from sangkien.model import Actor
 from sangkien.store import schema as t
 from sangkien.store.fast import DeadlineWrites
@@ -684,7 +684,7 @@ class Runner:
             for row in rows:
                 started = time.perf_counter()
                 try:
-                    with conn.begin_nested():
+                    with held_until_commit(), conn.begin_nested():
                         outcome = self._process(conn, row, now, result)
                 except ConcurrencyConflict:
                     result.retried += 1
@@ -825,7 +825,7 @@ class Runner:
                     f"{label!r} (due {d.due_at.isoformat()})"
                 )
                 try:
-                    with conn.begin_nested():
+                    with held_until_commit(), conn.begin_nested():
                         engine._fire_row(conn, inst, step.fire, system, {}, reason, now=now)
                     result.events.append(
                         {

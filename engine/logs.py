@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, MutableMapping
+from contextlib import suppress
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -24,12 +24,19 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
 
 
 def configure_logging(
-    fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO", stream: object = None
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: str = "INFO",
+    stream: object = None,
+    *,
+    stdlib: bool = True,
 ) -> Literal["json", "console"]:
     """Log one line per event to *stream* (stderr): console in a terminal, JSON otherwise.
 
-    The standard library's loggers (uvicorn, APScheduler, SQLAlchemy) write their warnings
-    and errors the same way. Returns the format chosen.
+    With *stdlib* (the command line and the servers), the process's standard-library
+    logging goes the same way: the root logger gets the handler that writes libraries'
+    records (uvicorn, APScheduler, SQLAlchemy; Python's warnings too) as our lines, and
+    level WARNING or *level* if higher. A host with its own logging passes
+    ``stdlib=False``, which configures structlog only. Returns the format chosen.
     """
     out = stream or sys.stderr
     if fmt == "auto":
@@ -54,13 +61,16 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _SameStream)]:
-        root.removeHandler(old)
-    root.addHandler(_SameStream(out, last))
-    # libraries speak up for warnings and errors only (httpx, for one, logs every request
-    # at INFO); a server lets its own lifecycle lines through (see sangkien.api.server)
-    root.setLevel(logging.WARNING)
+    if stdlib:
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if isinstance(h, _SameStream)]:
+            root.removeHandler(old)
+        root.addHandler(_SameStream(out, last))
+        # libraries speak up for warnings and errors only (httpx, for one, logs every
+        # request at INFO); a server lets its own lifecycle lines through (sangkien.api.server)
+        wanted = logging.getLevelName(level.upper())
+        root.setLevel(max(logging.WARNING, wanted if isinstance(wanted, int) else 0))
+        logging.captureWarnings(True)
     return fmt
 
 
@@ -144,19 +154,31 @@ def when_committed(log_call: Callable[..., Any], *args: Any, **kwargs: Any) -> N
         held.append(lambda: log_call(*args, **kwargs))
 
 
-@contextmanager
-def held_until_commit() -> Iterator[None]:
+class _Held:
+    """The :func:`held_until_commit` block (a class: it is entered on every fire)."""
+
+    __slots__ = ("_held", "_parent", "_token")
+
+    def __enter__(self) -> None:
+        self._parent = _HELD.get()
+        self._held: list[Callable[[], Any]] = []
+        self._token = _HELD.set(self._held)
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        _HELD.reset(self._token)
+        if exc_type is not None:
+            return  # rolled back: its lines go with it
+        if self._parent is not None:
+            self._parent.extend(self._held)  # a savepoint: they wait for the outer commit
+            return
+        for call in self._held:
+            with suppress(Exception):  # a log line failing never undoes what was committed
+                call()
+
+
+def held_until_commit() -> _Held:
     """Hold the :func:`when_committed` lines of the block; log them if it ends normally
     (put it outside the transaction, so that it ends after the commit), drop them if it
-    raises. Nested, the outermost one decides."""
-    if _HELD.get() is not None:
-        yield
-        return
-    held: list[Callable[[], Any]] = []
-    token = _HELD.set(held)
-    try:
-        yield
-    finally:
-        _HELD.reset(token)
-    for call in held:
-        call()
+    raises. Around a savepoint, its lines join the enclosing block's on success and are
+    dropped with the savepoint on failure."""
+    return _Held()

@@ -51,7 +51,7 @@ from sangkien.errors import (
 from sangkien.expressions import ExpressionError
 from sangkien.fields import check_data, check_value, normalize
 from sangkien.history import GENESIS, ChainBreak, event_hash, verify_chain
-from sangkien.logs import held_until_commit, hot_logger
+from sangkien.logs import held_until_commit, hot_logger, when_committed
 from sangkien.machine import machine_for
 from sangkien.model import Actor, Event, Instance, TriggerOption
 from sangkien.outbox import Notifier
@@ -494,7 +494,8 @@ class Engine:
                             "to": new_due.isoformat(),
                         }
                     )
-                    log.info(
+                    when_committed(
+                        log.info,
                         "deadline.extended",
                         instance_id=iid,
                         deadline=f"{d.kind}:{d.name}",
@@ -668,7 +669,7 @@ class Engine:
                     with self._write(retryable=True) as conn:
                         return body(conn)
                 try:  # what _write does, without a generator (this runs on every fire)
-                    with writer.transaction() as conn:
+                    with held_until_commit(), writer.transaction() as conn:
                         return body(conn)
                 except (sa.exc.SQLAlchemyError, self._dbapi_errors) as exc:
                     raise self._database_error(exc) from exc

@@ -46,6 +46,7 @@ def _logging_as_it_was() -> Iterator[None]:
     structlog.configure(**saved)
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 _PG_REASON: str | None = None

@@ -298,3 +298,28 @@ def test_writes_run_at_most_write_concurrency_at_once(api: Api) -> None:
 
     assert asyncio.run(main()) == ["done"] * 6
     assert inside == [0, 2]
+
+
+def test_the_apps_dependency_overrides_reach_its_routes(api: Api) -> None:
+    """A host (or a test) replacing the caller through ``app.dependency_overrides`` gets
+    its replacement on every route, fires included, though the routes sit directly in
+    the app's router."""
+    from sangkien import Actor
+
+    app = api.client.app
+    ctx = app.state.sangkien  # type: ignore[attr-defined]
+    chair = Actor("pham.van.duc", ["committee_chair", "unit_head"], COMMUNE)
+    app.dependency_overrides[ctx.actor] = lambda: chair  # type: ignore[attr-defined]
+    try:
+        # no credentials at all: only the override can let these through
+        listed = api.client.get("/v1/workflows")
+        assert listed.status_code == 200, listed.text
+        iid = api.initiative()
+        read = api.client.get(f"/v1/instances/{iid}")
+        assert read.status_code == 200, read.text
+        fired = api.client.post(f"/v1/instances/{iid}/fire", json={"trigger": "nope"})
+        assert fired.status_code == 403, fired.text  # refused to the chair, not a 401
+        assert "'nope'" in fired.json()["detail"]
+    finally:
+        app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    assert api.client.get("/v1/workflows").status_code == 401

@@ -279,12 +279,27 @@ def test_transition_logged_as_one_json_line(db: str) -> None:
 
 def test_settings_lists_every_variable_with_secrets_masked() -> None:
     """`sangkien settings` shows each SANGKIEN_* variable as this process sees it."""
-    proc = run("settings", env={"SANGKIEN_PORT": "9000", "SANGKIEN_SMTP_PASSWORD": "hunter2"})
+    proc = run(
+        "settings",
+        env={
+            "SANGKIEN_PORT": "9000",
+            "SANGKIEN_SMTP_PASSWORD": "hunter2",
+            "SANGKIEN_DATABASE_URL": "postgresql+psycopg://sk:hunter3@db.internal/sk",
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert any(line.split() == ["SANGKIEN_PORT", "9000", "(set)"] for line in lines)
     assert any(line.split() == ["SANGKIEN_SMTP_PASSWORD", "***", "(set)"] for line in lines)
     assert any(line.split() == ["SANGKIEN_SMTP_PORT", "25"] for line in lines)  # the default
+    assert "postgresql+psycopg://sk:***@db.internal/sk" in proc.stdout
+    assert "hunter" not in proc.stdout + proc.stderr
+
+
+def test_an_invalid_secret_is_named_but_not_shown() -> None:
+    proc = run("settings", env={"SANGKIEN_JWT_SECRET": "hunter2-too-short"})
+    assert proc.returncode == 1
+    assert "invalid setting SANGKIEN_JWT_SECRET" in proc.stderr
     assert "hunter2" not in proc.stdout + proc.stderr
 
 

@@ -425,6 +425,7 @@ def test_cli_workers_fire_every_timer_once_when_one_is_sigkilled_mid_batch(
     )
     victim = cli_workers[int(busy[0].removeprefix("fault-w"))]
     victim.kill()
+    assert _pending_due(pg_url) > 0  # the batch it was in was not kept
     # a `timer` line is logged once its batch committed: those are fired, the rest not logged
     logged_by_victim = [int(i) for i in victim.values("timer", "timer_id")]
     assert _pending_among(pg_url, logged_by_victim) == 0
@@ -802,6 +803,14 @@ def test_a_pass_lost_at_commit_logs_no_timer_line(pg_url: str, tmp_path: Path) -
             engine.tick()
         assert _pending_due(pg_url) == 15  # nothing was kept...
         assert [e["event"] for e in lost if e["event"].startswith(("timer", "deadline"))] == []
+        # ...and a start lost at its commit logs no `deadline.set` for its first state
+        engine.register(tmp_path / "fault_timers.yaml")
+        with (
+            structlog.testing.capture_logs() as lost_start,
+            pytest.raises(StoreError, match="refused at commit"),
+        ):
+            engine.start("fault_timers", actor=CLERK, data={"title": "x"})
+        assert [e["event"] for e in lost_start if e["event"].startswith("deadline")] == []
 
         with db.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER refuse_at_commit ON sk_events")

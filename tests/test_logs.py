@@ -127,13 +127,36 @@ def test_lines_held_until_commit_are_logged_after_it_or_dropped() -> None:
     assert said == ["outside"]
     with held_until_commit():
         when_committed(said.append, "kept")
-        with held_until_commit():  # nested: the outermost decides
-            when_committed(said.append, "inner")
+        with held_until_commit():  # a savepoint released: its lines wait for the commit
+            when_committed(said.append, "savepoint kept")
+        with contextlib.suppress(RuntimeError), held_until_commit():
+            when_committed(said.append, "savepoint rolled back")
+            raise RuntimeError("the savepoint rolled back")
         assert said == ["outside"]
-    assert said == ["outside", "kept", "inner"]
+    assert said == ["outside", "kept", "savepoint kept"]
     with contextlib.suppress(RuntimeError), held_until_commit():
         when_committed(said.append, "rolled back")
         raise RuntimeError("the commit failed")
-    assert said == ["outside", "kept", "inner"]
-    when_committed(said.append, "after")  # nothing held any more
-    assert said[-1] == "after"
+    assert said[-1] == "savepoint kept"
+
+    def broken(_line: str) -> None:
+        raise BrokenPipeError("stderr is gone")
+
+    with held_until_commit():  # a line that cannot be written stops neither the others...
+        when_committed(broken, "lost")
+        when_committed(said.append, "after a broken one")
+    assert said[-1] == "after a broken one"  # ...nor the caller, whose work was committed
+
+
+def test_a_host_keeps_its_own_logging_with_stdlib_false() -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    saved = structlog.get_config()
+    try:
+        configure_logging("json", "INFO", stream=out, stdlib=False)
+        structlog.get_logger().info("transition", instance_id="a")
+        assert root.handlers == handlers and root.level == level  # untouched
+        assert json.loads(out.getvalue())["instance_id"] == "a"
+    finally:
+        structlog.configure(**saved)

@@ -166,7 +166,8 @@ def create_app(
     )
     app.state.sangkien = ctx
     # straight into the app's own router: the app adds no dependencies of its own to the
-    # routes, so fires may take the fast path
+    # routes, so fires may take the fast path; app.dependency_overrides still apply to them
+    ctx.overrides_provider = app
     _take_routes(app.router, [health_router(ctx), *_v1_routers(ctx, fast=True)])
     for exc_type in (StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(exc_type, _handler)

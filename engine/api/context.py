@@ -108,6 +108,9 @@ class ApiContext:
         # one limiter per event loop serving the app (anyio's own thread limiter does the same)
         self._writers: RunVar[CapacityLimiter] = RunVar("sangkien.api.writers")
         self._on_loop = engine.writes_on_loop  # fixed with the Engine: checked once
+        # whose dependency_overrides the routes of ``router()`` honour: the app, once
+        # create_app takes the routes into its own router (an including app otherwise)
+        self.overrides_provider: Any = None
 
     async def write(self, func: Callable[..., T], *args: Any) -> T:
         """Run the engine write *func(*args)* (a start, a fire).
@@ -159,6 +162,7 @@ class ApiContext:
             tags=list(tags or []),
             route_class=self.route_class,
             responses=ERROR_RESPONSES if errors else None,
+            dependency_overrides_provider=self.overrides_provider,
         )
 
     # -- dependencies

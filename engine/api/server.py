@@ -8,6 +8,7 @@ and stop gracefully with it (SIGTERM or Ctrl-C finish the requests and the pass 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import signal
 import sys
 from typing import Any
@@ -119,7 +120,7 @@ def run(
         port=port,
         # uvicorn's lines go through ours (JSON in production), at the configured level
         log_config=None,
-        log_level=settings.log_level.lower(),
+        log_level=logging.getLevelName(settings.log_level.upper()),  # WARN, FATAL too
         access_log=False,  # the app logs one structured line per request
         lifespan="on",
         timeout_graceful_shutdown=15,
