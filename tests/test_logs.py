@@ -8,49 +8,30 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
 
 import structlog
 
 from sangkien.logs import configure_logging, hot_logger
 
+# each test finds logging as it was, and leaves it so (conftest.py: _logging_as_it_was)
+
 
 def test_the_fire_log_line_follows_a_reconfiguration() -> None:
-    saved = structlog.get_config()
     hot = hot_logger("sangkien")
     first, second = io.StringIO(), io.StringIO()
-    try:
-        configure_logging("json", "INFO", stream=first)
-        hot.get().info("transition", instance_id="a")
-        configure_logging("json", "WARNING", stream=second)
-        hot.get().info("transition", instance_id="b")  # filtered out now
-        configure_logging("json", "INFO", stream=second)
-        with structlog.testing.capture_logs() as captured:
-            hot.get().info("transition", instance_id="c")
-        hot.get().info("transition", instance_id="d")
-    finally:
-        structlog.configure(**saved)
+    configure_logging("json", "INFO", stream=first)
+    hot.get().info("transition", instance_id="a")
+    configure_logging("json", "WARNING", stream=second)
+    hot.get().info("transition", instance_id="b")  # filtered out now
+    configure_logging("json", "INFO", stream=second)
+    with structlog.testing.capture_logs() as captured:
+        hot.get().info("transition", instance_id="c")
+    hot.get().info("transition", instance_id="d")
     assert '"instance_id": "a"' in first.getvalue()
     assert '"instance_id": "b"' not in second.getvalue()
     assert [e["instance_id"] for e in captured] == ["c"]
     assert '"instance_id": "d"' in second.getvalue()  # capture_logs put the renderer back
-
-
-@contextlib.contextmanager
-def _configured(fmt: Literal["json", "console"], stream: Any) -> Iterator[None]:
-    """configure_logging for one test; structlog and the root logger restored after it."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        configure_logging(fmt, "INFO", stream=stream)
-        yield
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_library_records_are_lines_of_the_same_format() -> None:
@@ -58,14 +39,14 @@ def test_library_records_are_lines_of_the_same_format() -> None:
     their warnings and errors, a traceback as one string; their chatter
     at INFO stays out."""
     out = io.StringIO()
-    with _configured("json", out):
-        logging.getLogger("apscheduler.scheduler").warning("maximum number reached: %s", "tick")
-        logging.getLogger("httpx").info("HTTP Request: POST http://x")
-        structlog.get_logger().info("transition", instance_id="a")
-        try:
-            raise ValueError("bad thing")
-        except ValueError:
-            logging.getLogger("sqlalchemy.pool").exception("pool failed")
+    configure_logging("json", "INFO", stream=out)
+    logging.getLogger("apscheduler.scheduler").warning("maximum number reached: %s", "tick")
+    logging.getLogger("httpx").info("HTTP Request: POST http://x")
+    structlog.get_logger().info("transition", instance_id="a")
+    try:
+        raise ValueError("bad thing")
+    except ValueError:
+        logging.getLogger("sqlalchemy.pool").exception("pool failed")
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(e["event"], e["level"], e.get("logger")) for e in lines] == [
         ("maximum number reached: tick", "warning", "apscheduler.scheduler"),
@@ -77,8 +58,8 @@ def test_library_records_are_lines_of_the_same_format() -> None:
 
 def test_console_format_renders_library_records_too() -> None:
     out = io.StringIO()
-    with _configured("console", out):
-        logging.getLogger("apscheduler.scheduler").warning("run late by %d s", 3)
+    configure_logging("console", "INFO", stream=out)
+    logging.getLogger("apscheduler.scheduler").warning("run late by %d s", 3)
     assert "run late by 3 s" in out.getvalue()
     assert "[apscheduler.scheduler]" in out.getvalue()
 
@@ -92,7 +73,8 @@ def test_lines_from_threads_of_both_never_interleave(tmp_path: Path) -> None:
     switch = sys.getswitchinterval()
     # unbuffered like a process's stderr: every write is a system call of its own
     stderr_like = io.TextIOWrapper(io.FileIO(path, "w"), encoding="utf-8", write_through=True)
-    with stderr_like as out, _configured("json", out):
+    with stderr_like as out:
+        configure_logging("json", "INFO", stream=out)
 
         def ours(k: int) -> None:
             for i in range(n):
@@ -152,11 +134,7 @@ def test_a_host_keeps_its_own_logging_with_stdlib_false() -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     out = io.StringIO()
-    saved = structlog.get_config()
-    try:
-        configure_logging("json", "INFO", stream=out, stdlib=False)
-        structlog.get_logger().info("transition", instance_id="a")
-        assert root.handlers == handlers and root.level == level  # untouched
-        assert json.loads(out.getvalue())["instance_id"] == "a"
-    finally:
-        structlog.configure(**saved)
+    configure_logging("json", "INFO", stream=out, stdlib=False)
+    structlog.get_logger().info("transition", instance_id="a")
+    assert root.handlers == handlers and root.level == level  # untouched
+    assert json.loads(out.getvalue())["instance_id"] == "a"

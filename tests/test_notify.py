@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
-import structlog
 
 from sangkien import Actor, ConcurrencyConflict, Engine, FrozenClock, TransitionNotAllowed
 from sangkien.config.settings import Subscriber
@@ -588,13 +587,9 @@ def captured_logs() -> Iterator[StringIO]:
     """structlog configured by sangkien.logs to write JSON lines into a StringIO."""
     from sangkien.logs import configure_logging
 
-    saved = structlog.get_config()
     stream = StringIO()
-    configure_logging("json", "DEBUG", stream=stream)
-    try:
-        yield stream
-    finally:
-        structlog.configure(**saved)
+    configure_logging("json", "DEBUG", stream=stream)  # undone by conftest's autouse fixture
+    yield stream
 
 
 def _smtp_server(password: str) -> tuple[Any, int, list[bytes]]:
