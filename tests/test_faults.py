@@ -28,9 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import sqlalchemy as sa
 from pg_helpers import terminate, with_app
 from sqlalchemy import event
 from structlog.testing import capture_logs
+from webhook_receiver import Receiver, running_receiver
 
 from sangkien import Actor, Engine, FrozenClock, StoreError
 from sangkien.config.settings import Subscriber
@@ -488,59 +487,11 @@ def _mid_batch(url: str) -> list[str]:
         db.dispose()
 
 
-@dataclass
-class Receiver:
-    """A Standard Webhooks receiver on 127.0.0.1 counting message ids."""
-
-    delay: float = 0.0
-    ids: list[str] = field(default_factory=list)
-    bad: int = 0  # complete requests whose signature does not verify
-    torn: int = 0  # requests cut off by their sender's death (a SIGKILL mid-send)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    url: str = ""
-
-    def seen(self) -> int:
-        with self.lock:
-            return len(self.ids)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    from sangkien.adapters.webhook import verify
-
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            declared = self.headers.get("content-length")
-            raw = self.rfile.read(int(declared)) if declared else b""
-            if declared is None or len(raw) < int(declared):
-                # A sender killed mid-send (httpx writes the headers and the body apart)
-                # leaves a request cut short. Nothing was delivered; nobody awaits an answer.
-                with state.lock:
-                    state.torn += 1
-                return
-            ok = verify(SECRET, self.headers, raw)
-            with state.lock:
-                if ok:
-                    state.ids.append(self.headers["webhook-id"])
-                else:
-                    state.bad += 1
-            if state.delay:
-                time.sleep(state.delay)
-            self.send_response(204 if ok else 401)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    """A Standard Webhooks receiver on 127.0.0.1 checking every request's signature."""
+    with running_receiver(SECRET) as state:
+        yield state
 
 
 def _outbox_population(

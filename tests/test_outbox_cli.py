@@ -279,7 +279,7 @@ def test_running_worker_delivers_to_the_webhook_receiver(
         env=full,
     )
     try:
-        until = time.monotonic() + 8
+        until = time.monotonic() + 30  # a worker's start-up on a busy machine; ends on arrival
         while not got and time.monotonic() < until and proc.poll() is None:
             time.sleep(0.05)
     finally:
