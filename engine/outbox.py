@@ -591,6 +591,27 @@ class DispatchResult:
 _COUNTED = {"delivered": "delivered", "retry": "retried", "dead": "dead"}
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """A claimed row's send: its outcome ("delivered", "retry", "dead"), error, when it
+    ended and how long it took."""
+
+    row: Any
+    outcome: str
+    error: str | None
+    at: datetime
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class _Stranded:
+    """What a pass the database cut short left leased to this dispatcher."""
+
+    unsent: list[str]  # claimed, never sent
+    unrecorded: _Sent | None = None  # sent (or failed), its outcome not yet recorded
+    maybe_sent: str | None = None  # interrupted inside its send: it may have gone out
+
+
 class Dispatcher:
     """Delivers outbox rows through the adapters, with leases, retries and dead letters."""
 
@@ -614,9 +635,8 @@ class Dispatcher:
         self.lease = lease
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
         self._rng = rng or random.Random()
-        # rows of a pass the database failed mid-way: (the one whose outcome was being
-        # recorded, perhaps sent; those not sent yet); given back at the next pass
-        self._stranded: tuple[list[str], list[str]] | None = None
+        # what a pass the database cut short left leased to us; settled at the next pass
+        self._stranded: _Stranded | None = None
 
     def delay(self, attempts: int) -> float:
         """Seconds before the next try: exponential in *attempts*, with ±50 % jitter."""
@@ -655,50 +675,82 @@ class Dispatcher:
 
     def dispatch(self, *, limit: int = 100, now: datetime | None = None) -> DispatchResult:
         """Claim and deliver one batch; return what happened."""
-        self._give_back_stranded()
+        result = DispatchResult()
+        late = self._give_back_stranded()
+        if late is not None:
+            setattr(result, _COUNTED[late], getattr(result, _COUNTED[late]) + 1)
         rows = self.claim(limit, now or self.engine.clock.now())
-        result = DispatchResult(claimed=len(rows))
+        result.claimed = len(rows)
         for i, row in enumerate(rows):
+            started = time.perf_counter()
+            unsent = [r.id for r in rows[i + 1 :]]
             try:
-                counted = _COUNTED[self._deliver(row, now)]
+                outcome, error = self._send(row)
             except BaseException:
-                # the database went away while recording (or the process is stopping): the
-                # rest of the batch goes back at the next pass instead of waiting out its lease
-                self._stranded = ([row.id], [r.id for r in rows[i + 1 :]])
+                # the process is stopping inside a send: the message may have gone out
+                self._stranded = _Stranded(unsent=unsent, maybe_sent=row.id)
                 raise
-            setattr(result, counted, getattr(result, counted) + 1)
+            sent = _Sent(
+                row,
+                outcome,
+                error,
+                at=self.engine.clock.now() if now is None else now,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            try:
+                self._record(sent)
+            except BaseException:
+                # the database went away while recording: the outcome is known, so it is
+                # recorded at the next pass (not sent again), and the rest of the batch goes
+                # back then instead of waiting out its lease
+                self._stranded = _Stranded(unsent=unsent, unrecorded=sent)
+                raise
+            setattr(result, _COUNTED[outcome], getattr(result, _COUNTED[outcome]) + 1)
         return result
 
-    def _give_back_stranded(self) -> None:
-        """Give back the rows this dispatcher still holds from a pass that failed.
+    def _give_back_stranded(self) -> str | None:
+        """Settle what this dispatcher still holds from a pass the database cut short.
 
-        Those never sent are due again at once, their claim's attempt undone; the one whose
-        outcome could not be recorded may have been sent, and is sent again (same id), as
-        after a crash but without waiting out the lease. Only rows still leased to this
-        dispatcher are touched; if the database is still away, this fails and the pass with it.
+        The message whose outcome could not be recorded gets that outcome now: it is not
+        sent again. Those never sent are due again at once, their claim's attempt undone.
+        A message interrupted inside its send (the process stopping) may have gone out: it
+        is due again and sent again (same id), as after a crash but without waiting out
+        the lease. Only rows still leased to this dispatcher are touched: one whose lease
+        ran out meanwhile belongs to whoever claimed it. If the database is still away,
+        this fails and the pass with it. Returns the outcome recorded late, if one was.
         """
-        if self._stranded is None:
-            return
-        maybe_sent, unsent = self._stranded
+        stranded = self._stranded
+        if stranded is None:
+            return None
         o = t.outbox
         mine = sa.and_(o.c.lease_owner == self.owner, o.c.status == "delivering")
         back = {"status": "pending", "lease_owner": None, "lease_until": None}
+        late = stranded.unrecorded
         with self.engine._write() as conn:
-            if maybe_sent:
-                conn.execute(o.update().where(mine, o.c.id.in_(maybe_sent)).values(**back))
-            if unsent:
+            if late is not None and conn.execute(self._outcome(late)).rowcount != 1:
+                late = None  # its lease ran out and another dispatcher holds it now
+            if stranded.maybe_sent is not None:
+                conn.execute(o.update().where(mine, o.c.id == stranded.maybe_sent).values(**back))
+            if stranded.unsent:
                 conn.execute(
                     o.update()
-                    .where(mine, o.c.id.in_(unsent))
+                    .where(mine, o.c.id.in_(stranded.unsent))
                     .values(**back, attempts=o.c.attempts - 1)
                 )
-        log.info("outbox.stranded_given_back", maybe_sent=maybe_sent, unsent=len(unsent))
         self._stranded = None
+        log.info(
+            "outbox.stranded_given_back",
+            recorded_late=None if late is None else late.row.id,
+            maybe_sent=[stranded.maybe_sent] if stranded.maybe_sent else [],
+            unsent=len(stranded.unsent),
+        )
+        if late is None:
+            return None
+        self._log_delivery(late)
+        return late.outcome
 
-    def _deliver(self, row: Any, now: datetime | None) -> str:
-        """Send one claimed row through its adapter, record and return the outcome."""
-        clock = self.engine.clock
-        started = time.perf_counter()
+    def _send(self, row: Any) -> tuple[str, str | None]:
+        """Send one claimed row through its adapter; return its outcome and error."""
         message = OutgoingMessage(
             id=row.id,
             kind=row.kind,
@@ -712,8 +764,6 @@ class Dispatcher:
             attempt=row.attempts,
         )
         adapter = self.adapters.get(row.channel)
-        outcome: str
-        error: str | None = None
         try:
             if adapter is None:
                 raise PermanentFailure(
@@ -721,17 +771,24 @@ class Dispatcher:
                     f"(enabled: {', '.join(sorted(self.adapters))})"
                 )
             adapter.send(message)
-            outcome = "delivered"
         except PermanentFailure as exc:
-            outcome, error = "dead", f"permanent: {exc}"
+            return "dead", f"permanent: {exc}"
         except TemporaryFailure as exc:
             error = f"temporary: {exc}"
-            outcome = "dead" if row.attempts >= self.max_attempts else "retry"
         except Exception as exc:  # an adapter bug must not lose the message
             error = f"temporary: {type(exc).__name__}: {exc}"
-            outcome = "dead" if row.attempts >= self.max_attempts else "retry"
-        finished = clock.now() if now is None else now
-        self._record(row, outcome, error, finished)
+        else:
+            return "delivered", None
+        return ("dead" if row.attempts >= self.max_attempts else "retry"), error
+
+    def _record(self, sent: _Sent) -> None:
+        """Record a send's outcome (its own transaction), then log it."""
+        with self.engine._write() as conn:
+            conn.execute(self._outcome(sent))
+        self._log_delivery(sent)
+
+    def _log_delivery(self, sent: _Sent) -> None:
+        row = sent.row
         log.info(
             "delivery",
             message_id=row.id,
@@ -739,14 +796,15 @@ class Dispatcher:
             kind=row.kind,
             instance_id=row.instance_id,
             attempt=row.attempts,
-            outcome=outcome,
-            error=error,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            outcome=sent.outcome,
+            error=sent.error,
+            duration_ms=sent.duration_ms,
         )
-        return outcome
 
-    def _record(self, row: Any, outcome: str, error: str | None, now: datetime) -> None:
+    def _outcome(self, sent: _Sent) -> sa.Update:
+        """The update recording *sent*'s outcome, if its row is still leased to us."""
         o = t.outbox
+        row, outcome, error, now = sent.row, sent.outcome, sent.error, sent.at
         mine = sa.and_(o.c.id == row.id, o.c.lease_owner == self.owner, o.c.status == "delivering")
         if outcome == "delivered":
             values: dict[str, Any] = {
@@ -771,8 +829,7 @@ class Dispatcher:
                 "lease_until": None,
                 "last_error": error,
             }
-        with self.engine._write() as conn:
-            conn.execute(o.update().where(mine).values(**values))
+        return o.update().where(mine).values(**values)
 
     def run(self, *, limit: int = 100) -> DispatchResult:
         """Dispatch batches until nothing is due now."""

@@ -570,6 +570,40 @@ def test_claimed_and_dropped_batch_is_taken_over_after_the_lease(
     assert sorted(receiver.ids) == sorted(ids)  # each exactly once: the dead one sent nothing
 
 
+class _InterruptedMidSend:
+    """The real webhook adapter, but the *at*-th send is interrupted (Ctrl-C) after its
+    request went out, before it returned: as a process stopping inside a send."""
+
+    def __init__(self, at: int) -> None:
+        self.inner, self.at, self.sends = webhook_adapter(), at, 0
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.inner.send(message)
+        self.sends += 1
+        if self.sends == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_send_interrupted_is_sent_again_and_the_rest_given_back(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """A pass stopped inside a send: the next pass gives its rows back without waiting out
+    the lease. The interrupted message may have gone out, so it goes again (same id);
+    those never sent keep a single attempt."""
+    db, ids = many_events
+    d = Dispatcher(db.engine, {"webhook": _InterruptedMidSend(at=3)}, lease=300)
+    with pytest.raises(KeyboardInterrupt):
+        d.dispatch(limit=5, now=T0)
+    assert receiver.ids == ids[:3]
+    assert [db.reload(i).status for i in ids[:5]] == ["delivered"] * 2 + ["delivering"] * 3
+    again = d.dispatch(limit=12, now=T0)  # long before the 300 s lease ends
+    assert (again.claimed, again.delivered) == (10, 10)
+    assert Counter(receiver.ids) == {i: 2 if i == ids[2] else 1 for i in ids}
+    final = [db.reload(i) for i in ids]
+    assert {r.status for r in final} == {"delivered"}
+    assert [r.attempts for r in final] == [1, 1, 2] + [1] * 9  # the unsent: one try each
+
+
 VICTIM = textwrap.dedent(
     """
     import sys

@@ -16,11 +16,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 from webhook_receiver import Receiver, running_receiver
 
 from sangkien import Actor, Engine, StoreError
@@ -214,44 +216,16 @@ class _CutsTheDatabase:
                 )
 
 
-def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
-    pg_url: str, receiver: Receiver
-) -> None:
-    """The database goes away mid-batch: the pass fails, and the next one (the database
-    back) sends the rest at once instead of after the 300 s lease; only the message whose
-    outcome could not be recorded arrives twice, and the unsent ones keep one attempt."""
-    from sangkien.adapters.webhook import WebhookAdapter
-    from sangkien.outbox import Dispatcher
-
+@contextmanager
+def _outage_role(pg_url: str) -> Iterator[tuple[sa.Engine, str, str]]:
+    """A login role of its own (so an outage can hit only it): (admin engine, role, its URL)."""
     role = f"sk_outage_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(pg_url)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
     url = sa.engine.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
-    subs = [Subscriber(url=f"{receiver.url}/hooks/a")]
     try:
-        with Engine(pg_url, migrate=True, workflows=[EVENTS], subscribers=subs) as engine:
-            for i in range(5):
-                inst = engine.start("notify_events", actor=CLERK, data={"title": f"Số {i}"})
-                engine.fire(inst.id, "close", actor=CLERK)
-        with Engine(url, migrate=False) as engine:
-            ids = [m.id for m in list_messages(engine, status="pending")]
-            assert len(ids) == 10
-            webhook = WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5)
-            cut = _CutsTheDatabase(webhook, admin, role, at=3)
-            d = Dispatcher(engine, {"webhook": cut}, lease=300)
-            with pytest.raises(StoreError, match="connection was lost"):  # recording the third
-                d.dispatch(limit=10)
-            assert len(receiver.ids) == 3
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f'ALTER ROLE "{role}" LOGIN')
-            again = d.dispatch(limit=10)  # the next pass, long before the lease ends
-            assert again.delivered == 10 - 2  # the rest, and the third once more
-            assert Counter(receiver.ids) == {i: 2 if i == receiver.ids[2] else 1 for i in ids}
-            assert counts(engine).get("delivered") == 10
-            attempts = {m.id: m.attempts for m in list_messages(engine, status="delivered")}
-            assert attempts[receiver.ids[2]] == 2  # sent twice: tried twice
-            assert sorted(attempts.values()) == [1] * 9 + [2]  # the unsent were tried once
+        yield admin, role, url
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(
@@ -259,3 +233,98 @@ def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
             )
             conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
         admin.dispose()
+
+
+def _closed_instances(pg_url: str, receiver: Receiver, n: int) -> None:
+    """*n* notify_events instances started and closed: two pending webhooks each."""
+    subs = [Subscriber(url=f"{receiver.url}/hooks/a")]
+    with Engine(pg_url, migrate=True, workflows=[EVENTS], subscribers=subs) as engine:
+        for i in range(n):
+            inst = engine.start("notify_events", actor=CLERK, data={"title": f"Số {i}"})
+            engine.fire(inst.id, "close", actor=CLERK)
+
+
+def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
+    pg_url: str, receiver: Receiver
+) -> None:
+    """The database goes away mid-batch: the pass fails, and the next one (the database
+    back) records the outcome it could not record and sends the rest at once, instead of
+    after the 300 s lease; each message arrives once, and the unsent keep one attempt."""
+    from sangkien.adapters.webhook import WebhookAdapter
+    from sangkien.outbox import Dispatcher
+
+    with _outage_role(pg_url) as (admin, role, url):
+        _closed_instances(pg_url, receiver, 5)
+        with Engine(url, migrate=False) as engine:
+            ids = [m.id for m in list_messages(engine, status="pending")]
+            assert len(ids) == 10
+            webhook = WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5)
+            cut = _CutsTheDatabase(webhook, admin, role, at=3)
+            d = Dispatcher(engine, {"webhook": cut}, lease=300)
+            with capture_logs() as first, pytest.raises(StoreError, match="connection was lost"):
+                d.dispatch(limit=10)  # fails recording the third
+            assert len(receiver.ids) == 3
+            third = receiver.ids[2]
+            logged = [e["message_id"] for e in _events(first, "delivery")]
+            assert logged == receiver.ids[:2]  # the third's outcome is not recorded yet
+            with pytest.raises(StoreError):  # still away: the next pass fails, holding on
+                d.dispatch(limit=10)
+            assert len(receiver.ids) == 3
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'ALTER ROLE "{role}" LOGIN')
+            with capture_logs() as second:
+                again = d.dispatch(limit=10)  # the next pass, long before the lease ends
+            assert (again.claimed, again.delivered) == (7, 8)  # 7 sent, the third recorded
+            assert Counter(receiver.ids) == {i: 1 for i in ids}  # each exactly once
+            (settled,) = _events(second, "outbox.stranded_given_back")
+            assert (settled["recorded_late"], settled["unsent"]) == (third, 7)
+            logged += [e["message_id"] for e in _events(second, "delivery")]
+            assert sorted(logged) == sorted(ids)  # one delivery line per message
+            assert counts(engine) == {"delivered": 10}
+            attempts = [m.attempts for m in list_messages(engine, status="delivered")]
+            assert attempts == [1] * 10  # the unsent were tried once, the third too
+
+
+def test_a_late_record_leaves_a_row_another_dispatcher_claimed_alone(
+    pg_url: str, receiver: Receiver
+) -> None:
+    """The lease ran out while the database was away and another dispatcher claimed the
+    row: the late record does not touch it (the other sends it again, with the same id)."""
+    from sangkien.adapters.webhook import WebhookAdapter
+    from sangkien.outbox import Dispatcher
+
+    with _outage_role(pg_url) as (admin, role, url):
+        _closed_instances(pg_url, receiver, 1)
+        with Engine(url, migrate=False) as engine:
+            ids = {m.id for m in list_messages(engine, status="pending")}
+            webhook = WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5)
+            cut = _CutsTheDatabase(webhook, admin, role, at=1)
+            d = Dispatcher(engine, {"webhook": cut}, lease=300, owner="cut-off")
+            with pytest.raises(StoreError):
+                d.dispatch(limit=1)
+            (sent,) = receiver.ids
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'ALTER ROLE "{role}" LOGIN')
+                # meanwhile its lease ran out and another dispatcher claimed it
+                conn.execute(
+                    t.outbox.update()
+                    .where(t.outbox.c.id == sent)
+                    .values(lease_owner="other", attempts=t.outbox.c.attempts + 1)
+                )
+            with capture_logs() as logs:
+                again = d.dispatch(limit=1)
+            assert (again.claimed, again.delivered) == (1, 1)  # the other message only
+            (settled,) = _events(logs, "outbox.stranded_given_back")
+            assert settled["recorded_late"] is None
+            assert [e["message_id"] for e in _events(logs, "delivery")] == list(ids - {sent})
+            with engine.db.connect() as conn:
+                row = conn.execute(
+                    sa.select(t.outbox.c.status, t.outbox.c.lease_owner).where(
+                        t.outbox.c.id == sent
+                    )
+                ).one()
+            assert tuple(row) == ("delivering", "other")  # untouched: the other's to finish
