@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = Field(
         300.0,
         gt=0,
-        description="How long a worker holds the messages it claimed; after that (the worker "
-        "died) another sends them again, with the same id.",
+        description="How long a worker holds the messages it claimed (renewed while it sends "
+        "them); after that (the worker died) another sends them again, with the same id.",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Logs on stderr: json, console, or auto (console in a terminal)."

@@ -21,6 +21,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from sangkien.notifications import (
     TemporaryFailure,
 )
 from sangkien.store import schema as t
+from sangkien.store.writer import StaleConnection
 
 if TYPE_CHECKING:
     from sangkien.definition import Definition
@@ -585,6 +587,7 @@ class DispatchResult:
     delivered: int = 0
     retried: int = 0
     dead: int = 0
+    recorded_late: int = 0  # outcomes of an earlier pass's sends, recorded in this one
 
 
 # the DispatchResult field that counts each outcome
@@ -674,50 +677,119 @@ class Dispatcher:
             )
 
     def dispatch(self, *, limit: int = 100, now: datetime | None = None) -> DispatchResult:
-        """Claim and deliver one batch; return what happened."""
+        """Claim and deliver one batch; return what happened.
+
+        A batch can take longer than the lease (a slow receiver, a large batch): every third
+        of the lease the dispatcher renews it on the rows it has not sent yet, so that no
+        other dispatcher takes them over while it still works. Rows it no longer holds (its
+        lease ran out all the same) are left to whoever holds them.
+        """
+        clock = self.engine.clock
         result = DispatchResult()
-        late = self._give_back_stranded()
-        if late is not None:
-            setattr(result, _COUNTED[late], getattr(result, _COUNTED[late]) + 1)
-        rows = self.claim(limit, now or self.engine.clock.now())
-        result.claimed = len(rows)
-        for i, row in enumerate(rows):
+        if self._give_back_stranded() is not None:
+            result.recorded_late = 1
+        renewed = now or clock.now()
+        queue = deque(self.claim(limit, renewed))
+        result.claimed = len(queue)
+        while queue:
+            if (now or clock.now()) - renewed >= timedelta(seconds=self.lease / 3):
+                try:
+                    renewed, kept = self._renew(list(queue), now or clock.now())
+                except BaseException:
+                    self._stranded = _Stranded(unsent=[r.id for r in queue])
+                    raise
+                queue = deque(kept)
+                if not queue:
+                    break
+            row = queue.popleft()
             started = time.perf_counter()
-            unsent = [r.id for r in rows[i + 1 :]]
             try:
                 outcome, error = self._send(row)
             except BaseException:
                 # the process is stopping inside a send: the message may have gone out
-                self._stranded = _Stranded(unsent=unsent, maybe_sent=row.id)
+                self._stranded = _Stranded(unsent=[r.id for r in queue], maybe_sent=row.id)
                 raise
             sent = _Sent(
                 row,
                 outcome,
                 error,
-                at=self.engine.clock.now() if now is None else now,
+                at=clock.now() if now is None else now,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             try:
                 self._record(sent)
-            except BaseException:
-                # the database went away while recording: the outcome is known, so it is
-                # recorded at the next pass (not sent again), and the rest of the batch goes
-                # back then instead of waiting out its lease
-                self._stranded = _Stranded(unsent=unsent, unrecorded=sent)
+            except BaseException as exc:
+                unsent = [r.id for r in queue]
+                if _database_away(exc, self.engine):
+                    # the outcome is known: it is recorded at the next pass (not sent
+                    # again), and the rest of the batch goes back then instead of waiting
+                    # out its lease
+                    self._stranded = _Stranded(unsent=unsent, unrecorded=sent)
+                else:  # the record itself is refused: sending again is all that is left
+                    self._log_delivery(sent)
+                    log.error("outbox.outcome_unrecordable", message_id=row.id, error=str(exc))
+                    self._stranded = _Stranded(unsent=unsent, maybe_sent=row.id)
                 raise
             setattr(result, _COUNTED[outcome], getattr(result, _COUNTED[outcome]) + 1)
         return result
+
+    def settle(self) -> bool:
+        """Settle what a pass the database cut short left (see :meth:`dispatch`), if
+        anything; return whether nothing is left held. For a worker stopping: a held
+        outcome it cannot record now is lost with the process, and that message is sent
+        again once its lease runs out (a warning line names it)."""
+        if self._stranded is None:
+            return True
+        try:
+            self._give_back_stranded()
+        except Exception as exc:
+            held = self._stranded
+            log.warning(
+                "outbox.held_rows_left",
+                owner=self.owner,
+                unrecorded=held.unrecorded.row.id if held and held.unrecorded else None,
+                unsent=len(held.unsent) if held else 0,
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            return False
+        return True
+
+    def _renew(self, rows: list[Any], now: datetime) -> tuple[datetime, list[Any]]:
+        """Extend the lease on *rows* still leased to us; return (now, those rows)."""
+        o = t.outbox
+        ids = [r.id for r in rows]
+        with self.engine._write() as conn:
+            kept = {
+                r.id
+                for r in conn.execute(
+                    o.update()
+                    .where(
+                        o.c.id.in_(ids), o.c.lease_owner == self.owner, o.c.status == "delivering"
+                    )
+                    .values(lease_until=now + timedelta(seconds=self.lease))
+                    .returning(o.c.id)
+                )
+            }
+        if len(kept) < len(ids):
+            self._lease_lost([i for i in ids if i not in kept])
+        return now, [r for r in rows if r.id in kept]
+
+    def _lease_lost(self, ids: list[str]) -> None:
+        """Rows this dispatcher claimed but no longer holds: their lease ran out (another
+        dispatcher may be sending them) or they were settled already."""
+        log.warning("outbox.lease_lost", owner=self.owner, message_ids=ids)
 
     def _give_back_stranded(self) -> str | None:
         """Settle what this dispatcher still holds from a pass the database cut short.
 
         The message whose outcome could not be recorded gets that outcome now: it is not
         sent again. Those never sent are due again at once, their claim's attempt undone.
-        A message interrupted inside its send (the process stopping) may have gone out: it
-        is due again and sent again (same id), as after a crash but without waiting out
-        the lease. Only rows still leased to this dispatcher are touched: one whose lease
-        ran out meanwhile belongs to whoever claimed it. If the database is still away,
-        this fails and the pass with it. Returns the outcome recorded late, if one was.
+        A message interrupted inside its send (the process stopping), or whose outcome
+        the database refused to record, may have gone out: it is due again and sent again
+        (same id), as after a crash but without waiting out the lease. Only rows still
+        leased to this dispatcher are touched: one whose lease ran out meanwhile belongs
+        to whoever claimed it. If the database is still away, this fails and the pass with
+        it. Returns the outcome recorded late, if one was.
         """
         stranded = self._stranded
         if stranded is None:
@@ -728,7 +800,8 @@ class Dispatcher:
         late = stranded.unrecorded
         with self.engine._write() as conn:
             if late is not None and conn.execute(self._outcome(late)).rowcount != 1:
-                late = None  # its lease ran out and another dispatcher holds it now
+                self._lease_lost([late.row.id])
+                late = None
             if stranded.maybe_sent is not None:
                 conn.execute(o.update().where(mine, o.c.id == stranded.maybe_sent).values(**back))
             if stranded.unsent:
@@ -744,10 +817,9 @@ class Dispatcher:
             maybe_sent=[stranded.maybe_sent] if stranded.maybe_sent else [],
             unsent=len(stranded.unsent),
         )
-        if late is None:
-            return None
-        self._log_delivery(late)
-        return late.outcome
+        if stranded.unrecorded is not None:
+            self._log_delivery(stranded.unrecorded)  # the send happened, recorded or not
+        return None if late is None else late.outcome
 
     def _send(self, row: Any) -> tuple[str, str | None]:
         """Send one claimed row through its adapter; return its outcome and error."""
@@ -772,20 +844,22 @@ class Dispatcher:
                 )
             adapter.send(message)
         except PermanentFailure as exc:
-            return "dead", f"permanent: {exc}"
+            return "dead", _storable(f"permanent: {exc}")
         except TemporaryFailure as exc:
             error = f"temporary: {exc}"
         except Exception as exc:  # an adapter bug must not lose the message
             error = f"temporary: {type(exc).__name__}: {exc}"
         else:
             return "delivered", None
-        return ("dead" if row.attempts >= self.max_attempts else "retry"), error
+        return ("dead" if row.attempts >= self.max_attempts else "retry"), _storable(error)
 
     def _record(self, sent: _Sent) -> None:
         """Record a send's outcome (its own transaction), then log it."""
         with self.engine._write() as conn:
-            conn.execute(self._outcome(sent))
+            kept = conn.execute(self._outcome(sent)).rowcount == 1
         self._log_delivery(sent)
+        if not kept:  # the lease ran out during the send: another dispatcher holds the row
+            self._lease_lost([sent.row.id])
 
     def _log_delivery(self, sent: _Sent) -> None:
         row = sent.row
@@ -836,10 +910,37 @@ class Dispatcher:
         total = DispatchResult()
         while True:
             r = self.dispatch(limit=limit)
-            for f in ("claimed", "delivered", "retried", "dead"):
+            for f in ("claimed", "delivered", "retried", "dead", "recorded_late"):
                 setattr(total, f, getattr(total, f) + getattr(r, f))
             if r.claimed < limit:
                 return total
+
+
+def _storable(error: str) -> str:
+    """*error* as a database can store it: a server's reply may carry NUL bytes, which
+    PostgreSQL refuses in text (the record would fail on every try)."""
+    return error.replace("\x00", "\\x00")
+
+
+def _database_away(exc: BaseException, engine: Engine) -> bool:
+    """Whether a failed write failed because the database is away (a restart, a lost
+    connection, a lock), and may pass; not because the database refused what was written.
+    A stop (KeyboardInterrupt, SystemExit) counts as away: the write itself was fine."""
+    if not isinstance(exc, Exception):
+        return True
+    dbapi = engine.db.dialect.dbapi
+    passing = (
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        StaleConnection,
+        *((dbapi.OperationalError, dbapi.InterfaceError) if dbapi is not None else ()),
+    )
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, passing) or getattr(seen, "connection_invalidated", False):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def list_messages(

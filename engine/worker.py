@@ -61,12 +61,13 @@ class Worker:
         except Exception as exc:  # the loop must survive a database restart
             log.error("worker.dispatch_failed", error=str(exc).splitlines()[0])
             return None
-        if result.claimed:
+        if result.claimed or result.recorded_late:
             log.info(
                 "worker.dispatch",
                 delivered=result.delivered,
                 retried=result.retried,
                 dead=result.dead,
+                recorded_late=result.recorded_late,
             )
         return result
 
@@ -108,6 +109,8 @@ class Worker:
             return
         self._stopped.set()
         self._scheduler.shutdown(wait=True)
+        if self.dispatcher is not None:
+            self.dispatcher.settle()  # what a pass the database cut short still holds
         log.info("worker.stopped")
 
     def run_forever(self, install_signals: bool = True) -> None:

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -32,8 +33,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
+from structlog.testing import capture_logs
 
-from sangkien import Actor, Engine, FrozenClock
+from sangkien import Actor, Engine, FrozenClock, StoreError
 from sangkien.adapters.email import SmtpAdapter
 from sangkien.adapters.webhook import WebhookAdapter, verify
 from sangkien.config.settings import Subscriber
@@ -568,6 +570,159 @@ def test_claimed_and_dropped_batch_is_taken_over_after_the_lease(
     assert {r.status for r in final} == {"delivered"}
     assert [r.attempts for r in final] == [2] * 5 + [1] * 7  # the lost claim counts as a try
     assert sorted(receiver.ids) == sorted(ids)  # each exactly once: the dead one sent nothing
+
+
+class _SlowReceiverAndARival:
+    """The real webhook adapter on a receiver that takes *each* of the engine's clock per
+    request; during the *rival_at*-th send, a second dispatcher runs a pass."""
+
+    def __init__(self, clock: FrozenClock, each: timedelta, rival: Dispatcher, at: int) -> None:
+        self.inner, self.clock, self.each, self.rival, self.at = (
+            webhook_adapter(),
+            clock,
+            each,
+            rival,
+            at,
+        )
+        self.sends = 0
+        self.rival_claimed = -1
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.clock.advance(self.each)
+        self.sends += 1
+        if self.sends == self.at:
+            self.rival_claimed = self.rival.dispatch(limit=100).claimed
+        self.inner.send(message)
+
+
+def test_a_batch_longer_than_the_lease_keeps_its_rows(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """A slow batch (5 sends of 40 s against a 100 s lease) renews its lease as it goes: a
+    rival dispatcher polling 160 s in takes none of its rows, so none is sent twice."""
+    db, ids = many_events
+    engine = db.engine
+    clock = engine.clock
+    assert isinstance(clock, FrozenClock)
+    rival = dispatcher(engine, lease=100, owner="rival")
+    slow = _SlowReceiverAndARival(clock, timedelta(seconds=40), rival, at=4)
+    d = Dispatcher(engine, {"webhook": slow}, lease=100, owner="slow")
+    result = d.dispatch(limit=5)
+    assert (result.claimed, result.delivered) == (5, 5)
+    assert slow.rival_claimed == 7  # the rows nobody held; none of the slow batch
+    assert Counter(receiver.ids) == {i: 1 for i in ids}  # every message exactly once
+    assert {db.reload(i).status for i in ids} == {"delivered"}
+    assert [db.reload(i).attempts for i in ids] == [1] * 12
+
+
+def test_rows_whose_lease_ran_out_are_left_to_their_new_holder(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """One send outlasts the whole lease: the rival takes the rest over, and the slow
+    dispatcher, renewing, finds them gone and sends none of them (one line says so)."""
+    db, ids = many_events
+    engine = db.engine
+    clock = engine.clock
+    assert isinstance(clock, FrozenClock)
+    rival = dispatcher(engine, lease=100, owner="rival")
+    slow = _SlowReceiverAndARival(clock, timedelta(seconds=150), rival, at=1)
+    d = Dispatcher(engine, {"webhook": slow}, lease=100, owner="slow")
+    with capture_logs() as logs:
+        result = d.dispatch(limit=5)
+    # the first send (150 s) let the lease run out: the rival, polling during it, took
+    # all 12 rows (that one too: it was still unrecorded) and delivered them
+    assert slow.rival_claimed == 12
+    assert (result.claimed, result.delivered) == (5, 1)
+    lost = [e for e in logs if e["event"] == "outbox.lease_lost"]
+    assert [e["message_ids"] for e in lost] == [[ids[0]], ids[1:5]]
+    assert Counter(receiver.ids) == {i: 2 if i == ids[0] else 1 for i in ids}
+    assert {db.reload(i).status for i in ids} == {"delivered"}
+
+
+class _RecordFails(Dispatcher):
+    """A dispatcher whose record of the *at*-th send fails once with *cause* (as the store
+    raises it: a StoreError from the driver's error); on SQLite a real outage cannot be
+    timed between a send and its record."""
+
+    def __init__(self, *args: Any, at: int, cause: Exception, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.at, self.cause, self.records = at, cause, 0
+
+    def _record(self, sent: Any) -> None:
+        self.records += 1
+        if self.records == self.at:
+            raise StoreError(f"database error: {self.cause}") from self.cause
+        super()._record(sent)
+
+
+@pytest.mark.parametrize("status", [204, 503])
+def test_an_outcome_the_database_could_not_take_is_recorded_at_the_next_pass(
+    many_events: tuple[Db, list[str]], receiver: Receiver, status: int
+) -> None:
+    """The database is away while the third outcome is recorded (a delivery, or a 503 to
+    retry): the next pass records that outcome instead of sending the message again,
+    even after the lease ran out, as long as nobody else claimed the row."""
+    db, ids = many_events
+    receiver.queued = [200, 200, status]
+    cause = sqlite3.OperationalError("disk I/O error")
+    adapters = {"webhook": webhook_adapter()}
+    d = _RecordFails(db.engine, adapters, lease=60, backoff=300, at=3, cause=cause)
+    with pytest.raises(StoreError):
+        d.dispatch(limit=5, now=T0)
+    assert receiver.ids == ids[:3]
+    assert db.reload(ids[2]).status == "delivering"  # the outcome is held, not recorded
+    later = T0 + timedelta(seconds=120)  # the lease ran out; nobody claimed the row
+    with capture_logs() as logs:
+        again = d.dispatch(limit=12, now=later)
+    assert (again.claimed, again.recorded_late) == (9, 1)  # 2 unsent + 7 never claimed
+    assert Counter(receiver.ids) == {i: 1 for i in ids}  # the third was not sent again
+    third = db.reload(ids[2])
+    if status == 204:
+        # delivered when it was sent
+        assert (third.status, third.attempts, third.delivered_at) == ("delivered", 1, T0)
+    else:  # a retry, due a backoff (150-450 s) after the try
+        assert (third.status, third.attempts) == ("pending", 1)
+        assert "503" in third.last_error and third.next_attempt_at > later
+    (settled,) = [e for e in logs if e["event"] == "outbox.stranded_given_back"]
+    assert (settled["recorded_late"], settled["unsent"]) == (ids[2], 2)
+    lines = [e["message_id"] for e in logs if e["event"] == "delivery"]
+    assert lines[0] == ids[2] and len(lines) == 10  # one line per send, the held one first
+
+
+def test_a_stopping_worker_settles_what_it_holds(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """settle() (what a worker does as it stops) records a held outcome and gives the
+    unsent rows back; with nothing held it has nothing to do."""
+    db, ids = many_events
+    cause = sqlite3.OperationalError("database is locked")
+    d = _RecordFails(db.engine, {"webhook": webhook_adapter()}, lease=60, at=1, cause=cause)
+    with pytest.raises(StoreError):
+        d.dispatch(limit=5, now=T0)
+    assert d.settle() is True
+    assert [db.reload(i).status for i in ids[:5]] == ["delivered"] + ["pending"] * 4
+    assert [db.reload(i).attempts for i in ids[:5]] == [1, 0, 0, 0, 0]
+    assert receiver.ids == ids[:1]
+    assert d.settle() is True
+
+
+def test_an_outcome_the_database_refuses_is_not_held(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """A record the database refuses (not an outage: it would refuse it again) is not
+    held, which would fail every later pass: the message is given back and sent again,
+    and an error line names it."""
+    db, ids = many_events
+    cause = sqlite3.IntegrityError("CHECK constraint failed")
+    d = _RecordFails(db.engine, {"webhook": webhook_adapter()}, lease=60, at=2, cause=cause)
+    with capture_logs() as logs, pytest.raises(StoreError):
+        d.dispatch(limit=5, now=T0)
+    (refused,) = [e for e in logs if e["event"] == "outbox.outcome_unrecordable"]
+    assert refused["message_id"] == ids[1]
+    again = d.dispatch(limit=12, now=T0)  # the next pass goes on, long before the lease ends
+    assert (again.claimed, again.delivered, again.recorded_late) == (11, 11, 0)
+    assert Counter(receiver.ids) == {i: 2 if i == ids[1] else 1 for i in ids}
+    assert {db.reload(i).status for i in ids} == {"delivered"}
 
 
 class _InterruptedMidSend:

@@ -278,7 +278,8 @@ def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
                 conn.exec_driver_sql(f'ALTER ROLE "{role}" LOGIN')
             with capture_logs() as second:
                 again = d.dispatch(limit=10)  # the next pass, long before the lease ends
-            assert (again.claimed, again.delivered) == (7, 8)  # 7 sent, the third recorded
+            # 7 sent, and the third's outcome recorded
+            assert (again.claimed, again.delivered, again.recorded_late) == (7, 7, 1)
             assert Counter(receiver.ids) == {i: 1 for i in ids}  # each exactly once
             (settled,) = _events(second, "outbox.stranded_given_back")
             assert (settled["recorded_late"], settled["unsent"]) == (third, 7)
@@ -317,10 +318,13 @@ def test_a_late_record_leaves_a_row_another_dispatcher_claimed_alone(
                 )
             with capture_logs() as logs:
                 again = d.dispatch(limit=1)
-            assert (again.claimed, again.delivered) == (1, 1)  # the other message only
+            assert (again.claimed, again.delivered, again.recorded_late) == (1, 1, 0)
             (settled,) = _events(logs, "outbox.stranded_given_back")
             assert settled["recorded_late"] is None
-            assert [e["message_id"] for e in _events(logs, "delivery")] == list(ids - {sent})
+            (lost,) = _events(logs, "outbox.lease_lost")
+            assert lost["message_ids"] == [sent]  # named, so that its second send is traced
+            # a line for each send: the one not recorded, then the other message
+            assert [e["message_id"] for e in _events(logs, "delivery")] == [sent, *ids - {sent}]
             with engine.db.connect() as conn:
                 row = conn.execute(
                     sa.select(t.outbox.c.status, t.outbox.c.lease_owner).where(
@@ -328,3 +332,22 @@ def test_a_late_record_leaves_a_row_another_dispatcher_claimed_alone(
                     )
                 ).one()
             assert tuple(row) == ("delivering", "other")  # untouched: the other's to finish
+
+
+def test_a_failure_text_with_nul_bytes_is_recorded(pg_url: str) -> None:
+    """A server reply may carry NUL bytes, which PostgreSQL refuses in text: the error is
+    stored with them escaped, instead of failing the record on every pass."""
+    from sangkien.outbox import Dispatcher
+    from sangkien.testing import RecordingAdapter
+
+    subs = [Subscriber(url="https://hooks.example.gov.vn/a")]
+    with Engine(pg_url, migrate=True, workflows=[EVENTS], subscribers=subs) as engine:
+        engine.start("notify_events", actor=CLERK, data={"title": "Số 1"})
+        adapter = RecordingAdapter("webhook")
+        adapter.fail_next(1, reason="421 bad\x00reply")
+        d = Dispatcher(engine, {"webhook": adapter})
+        first = d.dispatch(limit=1)
+        assert (first.claimed, first.retried) == (1, 1)
+        (row,) = list_messages(engine)
+        assert row.status == "pending"
+        assert row.last_error is not None and "421 bad\\x00reply" in row.last_error
