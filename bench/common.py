@@ -161,7 +161,8 @@ def sqlite_url() -> Iterator[str]:
 def pg_schema(base_url: str, app: str = "sangkien-bench") -> Iterator[str]:
     """A URL to a fresh scratch schema of *base_url* (dropped at the end)."""
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(driver_url(base_url))
+    # pre-ping: the chaos run restarts the server under this engine's kept connection
+    admin = sa.create_engine(driver_url(base_url), pool_pre_ping=True)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = (
