@@ -652,7 +652,10 @@ def worker(
         w = Worker(engine, interval=interval, batch=batch, dispatcher=dispatcher)
         if once:
             result = engine.tick(limit=batch)
-            sent = dispatcher.run(limit=batch)
+            try:
+                sent = dispatcher.run(limit=batch)
+            finally:
+                dispatcher.settle()  # what a pass the database cut short still holds
             click.echo(
                 f"fired {result.fired}, skipped {result.skipped}, "
                 f"cancelled {result.cancelled}, retried {result.retried}"

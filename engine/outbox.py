@@ -719,19 +719,50 @@ class Dispatcher:
             try:
                 self._record(sent)
             except BaseException as exc:
-                unsent = [r.id for r in queue]
                 if _database_away(exc, self.engine):
                     # the outcome is known: it is recorded at the next pass (not sent
                     # again), and the rest of the batch goes back then instead of waiting
                     # out its lease
-                    self._stranded = _Stranded(unsent=unsent, unrecorded=sent)
-                else:  # the record itself is refused: sending again is all that is left
-                    self._log_delivery(sent)
-                    log.error("outbox.outcome_unrecordable", message_id=row.id, error=str(exc))
-                    self._stranded = _Stranded(unsent=unsent, maybe_sent=row.id)
-                raise
+                    self._stranded = _Stranded(unsent=[r.id for r in queue], unrecorded=sent)
+                    raise
+                try:
+                    outcome = self._refused(sent, exc)
+                except BaseException:
+                    self._stranded = _Stranded(unsent=[r.id for r in queue], maybe_sent=row.id)
+                    raise
             setattr(result, _COUNTED[outcome], getattr(result, _COUNTED[outcome]) + 1)
         return result
+
+    def _refused(self, sent: _Sent, exc: BaseException) -> str:
+        """The database refused to record *sent*'s outcome (not an outage: it would refuse
+        it again). Give the row back as a failed try: due again after the backoff, dead
+        after ``max_attempts`` tries; so the message may go out again, a bounded number of
+        times, and the batch goes on. Returns the outcome as counted."""
+        row = sent.row
+        self._log_delivery(sent)
+        log.error(
+            "outbox.outcome_unrecordable",
+            message_id=row.id,
+            outcome=sent.outcome,
+            error=_first_line(exc),
+        )
+        gone = row.attempts >= self.max_attempts
+        o = t.outbox
+        mine = sa.and_(o.c.id == row.id, o.c.lease_owner == self.owner, o.c.status == "delivering")
+        with self.engine._write() as conn:
+            conn.execute(
+                o.update()
+                .where(mine)
+                .values(
+                    status="dead" if gone else "pending",
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=f"the outcome of try {row.attempts} ({sent.outcome}) could not "
+                    f"be recorded: {type(exc).__name__}",
+                    next_attempt_at=sent.at + timedelta(seconds=self.delay(row.attempts)),
+                )
+            )
+        return "dead" if gone else "retry"
 
     def settle(self) -> bool:
         """Settle what a pass the database cut short left (see :meth:`dispatch`), if
@@ -749,7 +780,7 @@ class Dispatcher:
                 owner=self.owner,
                 unrecorded=held.unrecorded.row.id if held and held.unrecorded else None,
                 unsent=len(held.unsent) if held else 0,
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                error=_first_line(exc),
             )
             return False
         return True
@@ -758,18 +789,12 @@ class Dispatcher:
         """Extend the lease on *rows* still leased to us; return (now, those rows)."""
         o = t.outbox
         ids = [r.id for r in rows]
-        with self.engine._write() as conn:
-            kept = {
-                r.id
-                for r in conn.execute(
-                    o.update()
-                    .where(
-                        o.c.id.in_(ids), o.c.lease_owner == self.owner, o.c.status == "delivering"
-                    )
-                    .values(lease_until=now + timedelta(seconds=self.lease))
-                    .returning(o.c.id)
-                )
-            }
+        held = sa.and_(o.c.id.in_(ids), o.c.lease_owner == self.owner, o.c.status == "delivering")
+        with self.engine._write() as conn:  # no RETURNING: SQLite has it only from 3.35
+            conn.execute(
+                o.update().where(held).values(lease_until=now + timedelta(seconds=self.lease))
+            )
+            kept = {r.id for r in conn.execute(sa.select(o.c.id).where(held))}
         if len(kept) < len(ids):
             self._lease_lost([i for i in ids if i not in kept])
         return now, [r for r in rows if r.id in kept]
@@ -800,8 +825,7 @@ class Dispatcher:
         late = stranded.unrecorded
         with self.engine._write() as conn:
             if late is not None and conn.execute(self._outcome(late)).rowcount != 1:
-                self._lease_lost([late.row.id])
-                late = None
+                late = None  # no longer ours: its lease ran out and another holds it
             if stranded.maybe_sent is not None:
                 conn.execute(o.update().where(mine, o.c.id == stranded.maybe_sent).values(**back))
             if stranded.unsent:
@@ -819,6 +843,8 @@ class Dispatcher:
         )
         if stranded.unrecorded is not None:
             self._log_delivery(stranded.unrecorded)  # the send happened, recorded or not
+            if late is None:
+                self._lease_lost([stranded.unrecorded.row.id])
         return None if late is None else late.outcome
 
     def _send(self, row: Any) -> tuple[str, str | None]:
@@ -918,8 +944,14 @@ class Dispatcher:
 
 def _storable(error: str) -> str:
     """*error* as a database can store it: a server's reply may carry NUL bytes, which
-    PostgreSQL refuses in text (the record would fail on every try)."""
-    return error.replace("\x00", "\\x00")
+    PostgreSQL refuses in text, or undecodable bytes (lone surrogates), which no UTF-8
+    column takes; both are written escaped."""
+    return error.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _database_away(exc: BaseException, engine: Engine) -> bool:
@@ -930,16 +962,22 @@ def _database_away(exc: BaseException, engine: Engine) -> bool:
         return True
     dbapi = engine.db.dialect.dbapi
     passing = (
-        sa.exc.OperationalError,
+        sa.exc.OperationalError,  # connections, restarts, locks, timeouts, a full disk
         sa.exc.InterfaceError,
+        sa.exc.TimeoutError,  # no pooled connection free in time
         StaleConnection,
         *((dbapi.OperationalError, dbapi.InterfaceError) if dbapi is not None else ()),
     )
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(16):  # the chain of causes, and a wrapper's driver error
+        if seen is None:
+            break
         if isinstance(seen, passing) or getattr(seen, "connection_invalidated", False):
             return True
-        seen = seen.__cause__
+        # a failover: the write reached a server that is (now) a read-only standby
+        if getattr(seen, "sqlstate", None) == "25006":
+            return True
+        seen = seen.__cause__ or getattr(seen, "orig", None)
     return False
 
 

@@ -82,7 +82,7 @@ def test_examples_run_and_print_what_the_page_shows(workdir: Path) -> None:
         )
     finally:
         controller.stop()
-    stated = "`DispatchResult(claimed=12, delivered=6, retried=0, dead=6)`"
+    stated = "`DispatchResult(claimed=12, delivered=6, retried=0, dead=6, recorded_late=0)`"
     assert stated in DOC and out.strip() == stated.strip("`")
 
     demo.write_bytes(original)

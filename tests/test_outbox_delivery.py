@@ -706,23 +706,59 @@ def test_a_stopping_worker_settles_what_it_holds(
     assert d.settle() is True
 
 
-def test_an_outcome_the_database_refuses_is_not_held(
+class _RefusesOne(Dispatcher):
+    """A dispatcher whose every record of one message's outcome the database refuses (as
+    the store raises it: a StoreError from the driver's IntegrityError)."""
+
+    def __init__(self, *args: Any, refused: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = refused
+
+    def _record(self, sent: Any) -> None:
+        if sent.row.id == self.refused:
+            cause = sqlite3.IntegrityError("CHECK constraint failed")
+            raise StoreError(f"database error: {cause}") from cause
+        super()._record(sent)
+
+
+def test_an_outcome_the_database_refuses_is_given_back_as_a_failed_try(
     many_events: tuple[Db, list[str]], receiver: Receiver
 ) -> None:
-    """A record the database refuses (not an outage: it would refuse it again) is not
-    held, which would fail every later pass: the message is given back and sent again,
-    and an error line names it."""
+    """A record the database refuses (not an outage: it refuses it every time) is not
+    held, which would fail every later pass. The batch goes on; the message counts as a
+    failed try, due again after the backoff and dead after max_attempts: it goes out a
+    bounded number of times, and an error line names it each time."""
     db, ids = many_events
-    cause = sqlite3.IntegrityError("CHECK constraint failed")
-    d = _RecordFails(db.engine, {"webhook": webhook_adapter()}, lease=60, at=2, cause=cause)
-    with capture_logs() as logs, pytest.raises(StoreError):
-        d.dispatch(limit=5, now=T0)
+    d = _RefusesOne(
+        db.engine, {"webhook": webhook_adapter()}, lease=60, max_attempts=3, refused=ids[1]
+    )
+    with capture_logs() as logs:
+        first = d.dispatch(limit=5, now=T0)
+    assert (first.claimed, first.delivered, first.retried) == (5, 4, 1)  # the batch went on
     (refused,) = [e for e in logs if e["event"] == "outbox.outcome_unrecordable"]
-    assert refused["message_id"] == ids[1]
-    again = d.dispatch(limit=12, now=T0)  # the next pass goes on, long before the lease ends
-    assert (again.claimed, again.delivered, again.recorded_late) == (11, 11, 0)
-    assert Counter(receiver.ids) == {i: 2 if i == ids[1] else 1 for i in ids}
-    assert {db.reload(i).status for i in ids} == {"delivered"}
+    assert (refused["message_id"], refused["outcome"]) == (ids[1], "delivered")
+    row = db.reload(ids[1])
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.next_attempt_at > T0 and "could not be recorded" in row.last_error
+    assert d.dispatch(limit=12, now=T0).claimed == 7  # the others; it waits out its backoff
+    for hour in range(1, 6):
+        d.dispatch(limit=12, now=T0 + timedelta(hours=hour))
+    assert db.reload(ids[1]).status == "dead"
+    assert Counter(receiver.ids) == {i: 3 if i == ids[1] else 1 for i in ids}
+
+
+def test_failure_texts_are_stored_escaped(
+    many_events: tuple[Db, list[str]], receiver: Receiver
+) -> None:
+    """A receiver's reply with bytes no database column takes (a lone surrogate from a
+    mis-decoded reply, a NUL) is stored escaped, so its outcome is recorded."""
+    db, ids = many_events
+    adapter = RecordingAdapter("webhook")
+    adapter.fail_next(1, reason="bad reply \udcff\x00")
+    d = Dispatcher(db.engine, {"webhook": adapter})
+    assert d.dispatch(limit=1, now=T0).retried == 1
+    row = db.reload(ids[0])
+    assert row.status == "pending" and row.last_error.endswith("bad reply \\udcff\\x00")
 
 
 class _InterruptedMidSend:
@@ -819,3 +855,43 @@ def test_sigkilled_dispatcher_loses_nothing(
     # only a request in flight when the process died can arrive twice, with the same id
     assert duplicates <= 1, seen
     assert all(h.verified for h in receiver.hits)
+
+
+@pytest.mark.parametrize(
+    ("cause", "away"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("disk I/O error"), True),
+        (sqlite3.IntegrityError("CHECK constraint failed"), False),
+        (UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"), False),
+        (KeyboardInterrupt(), True),
+    ],
+)
+def test_which_failed_records_count_as_the_database_being_away(
+    tmp_path: Path, cause: BaseException, away: bool
+) -> None:
+    """An outage (held: recorded later) against a refusal (given back as a failed try)."""
+    from sangkien.outbox import _database_away
+
+    with Engine(f"sqlite:///{tmp_path / 'db.sqlite'}", migrate=True) as engine:
+        wrapped: BaseException = cause
+        if isinstance(cause, sqlite3.Error):
+            wrapped = StoreError(f"database error: {cause}")
+            wrapped.__cause__ = sa.exc.DBAPIError.instance(None, None, cause, sqlite3.Error)
+        assert _database_away(wrapped, engine) is away
+
+
+def test_a_write_reaching_a_read_only_standby_counts_as_away(tmp_path: Path) -> None:
+    """PostgreSQL answers a write on a standby (a failover under way) with SQLSTATE 25006,
+    an InternalError: the outcome is held, not given back to be sent again."""
+    import psycopg
+
+    from sangkien.outbox import _database_away
+
+    err = psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction")
+    wrapped = StoreError(f"database error: {err}")
+    wrapped.__cause__ = sa.exc.InternalError("UPDATE sk_outbox …", None, err)
+    with Engine(f"sqlite:///{tmp_path / 'db.sqlite'}", migrate=True) as engine:
+        assert _database_away(wrapped, engine) is True
+        wrapped.__cause__ = sa.exc.IntegrityError("UPDATE sk_outbox …", None, ValueError("x"))
+        assert _database_away(wrapped, engine) is False
