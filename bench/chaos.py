@@ -28,16 +28,16 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from common import md_table, pg_schema
+
+from sangkien.testing import WebhookReceiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a local run only
 AUTHOR = "nguyen.van.an"
@@ -69,56 +69,6 @@ transitions:
   - {trigger: close, from: [waiting, expired], to: closed, roles: [clerk]}
 """
 TIMERS_PER_INSTANCE = 4
-
-
-class Receiver:
-    """Webhooks on 127.0.0.1: checks signatures, fails *fail* of the requests with 503."""
-
-    def __init__(self, fail: float, seed: int) -> None:
-        from sangkien.adapters.webhook import verify
-
-        self.ok: Counter[str] = Counter()  # ids answered 204
-        self.refused = 0  # 503s we chose to answer
-        self.bad = 0  # complete requests whose signature does not verify
-        self.torn = 0  # requests cut short (a sender killed mid-send)
-        self.lock = threading.Lock()
-        rng = random.Random(seed)
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                declared = self.headers.get("content-length")
-                raw = self.rfile.read(int(declared)) if declared else b""
-                if declared is None or len(raw) < int(declared):
-                    with state.lock:
-                        state.torn += 1
-                    return
-                if not verify(SECRET, self.headers, raw):
-                    with state.lock:
-                        state.bad += 1
-                    self.send_response(401)
-                elif rng.random() < fail:
-                    with state.lock:
-                        state.refused += 1
-                    self.send_response(503)
-                else:
-                    with state.lock:
-                        state.ok[self.headers["webhook-id"]] += 1
-                    self.send_response(204)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Worker:
@@ -222,7 +172,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     from sangkien.store import schema as t
 
     rng = random.Random(args.seed)
-    receiver = Receiver(args.fail, args.seed)
+    receiver = WebhookReceiver(SECRET, fail=args.fail, seed=args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="sangkien-chaos-"))
     wf = tmp / "chaos.yaml"
     wf.write_text(WORKFLOW, encoding="utf-8")
@@ -338,8 +288,9 @@ def run(args: argparse.Namespace, url: str) -> int:
     late = sum(1 for e in stranded if e.get("recorded_late"))
     maybe_sent = sum(len(e.get("maybe_sent") or []) for e in stranded)
     expected = TIMERS_PER_INSTANCE * args.instances
-    sent_twice = sum(n - 1 for n in receiver.ok.values())
-    missing = delivered_hooks - set(receiver.ok)
+    received = Counter(receiver.ids)
+    sent_twice = sum(n - 1 for n in received.values())
+    missing = delivered_hooks - set(received)
     faults = f"{kills} SIGKILLs, {restarts} database restart(s)"
     rows = [
         ["instances; workers (at once)", f"{args.instances:,}; {args.workers}"],
@@ -355,7 +306,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         ["outbox rows by status", str(outbox)],
         [
             "webhook ids delivered / received / never received",
-            f"{len(delivered_hooks):,} / {len(receiver.ok):,} / {len(missing)}",
+            f"{len(delivered_hooks):,} / {len(received):,} / {len(missing)}",
         ],
         ["webhook messages received twice", str(sent_twice)],
         [

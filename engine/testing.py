@@ -8,16 +8,21 @@ def test_my_workflow(tmp_path):
 
 :class:`RecordingAdapter` stands in for a delivery channel and keeps what it was sent;
 :class:`AdapterContract` is the test suite every adapter should pass, for authors of
-third-party adapters to subclass in their own tests. Nothing here needs pytest at import.
+third-party adapters to subclass in their own tests. :class:`WebhookReceiver` is a real
+Standard Webhooks receiver on 127.0.0.1 for tests of webhook delivery. Nothing here needs
+pytest at import.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 import unittest
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -33,7 +38,13 @@ from sangkien.notifications import (
 from sangkien.runtime import Engine
 from sangkien.units import UnitTree
 
-__all__ = ["AdapterContract", "FrozenClock", "RecordingAdapter", "engine_for_tests"]
+__all__ = [
+    "AdapterContract",
+    "FrozenClock",
+    "RecordingAdapter",
+    "WebhookReceiver",
+    "engine_for_tests",
+]
 
 
 def engine_for_tests(
@@ -131,6 +142,100 @@ _VIETNAMESE_BODY = (
     "Hội đồng sáng kiến cấp cơ sở đã họp và công nhận sáng kiến của ông. "
     "Ỷ Ỹ Ỵ ỳ ữ ặ ẫ đ Đ ơ ư ợ ở."
 )
+
+
+class WebhookReceiver:
+    """A Standard Webhooks receiver on 127.0.0.1, in a thread: checks each request's
+    signature and counts message ids.
+
+    ::
+
+        with WebhookReceiver(secret) as hooks:
+            engine = Engine(url, subscribers=[Subscriber(url=f"{hooks.url}/events")])
+            ...  # start, fire, run a Dispatcher
+            assert len(hooks.ids) == len(set(hooks.ids))  # nothing arrived twice
+
+    A request is answered 204 and its ``webhook-id`` appended to :attr:`ids` when it is
+    signed with *secret* and its JSON body's ``id`` is that id; else it is answered 401
+    and counted in :attr:`bad`. With *fail*, that share of good requests is answered 503
+    instead (counted in :attr:`refused`; *seed* makes the choice repeatable), for the
+    sender to retry. *delay* seconds are spent on each answer (settable while it runs). A
+    request cut short because its sender died mid-send is counted in :attr:`torn` only.
+    """
+
+    def __init__(
+        self, secret: str, *, fail: float = 0.0, seed: int | None = None, delay: float = 0.0
+    ) -> None:
+        from sangkien.adapters.webhook import verify
+
+        self.delay = delay
+        self.ids: list[str] = []
+        self.bad = 0
+        self.refused = 0
+        self.torn = 0
+        self.lock = threading.Lock()
+        rng = random.Random(seed)
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                declared = self.headers.get("content-length")
+                raw = self.rfile.read(int(declared)) if declared else b""
+                if declared is None or len(raw) < int(declared):
+                    # the sender died mid-send (httpx writes the headers and the body
+                    # apart): nothing was delivered and nobody awaits an answer
+                    with state.lock:
+                        state.torn += 1
+                    return
+                msg_id = self.headers.get("webhook-id")
+                good = verify(secret, self.headers, raw) and _body_id(raw) == msg_id
+                with state.lock:
+                    if not good:
+                        state.bad += 1
+                        status = 401
+                    elif fail and rng.random() < fail:
+                        state.refused += 1
+                        status = 503
+                    else:
+                        state.ids.append(str(msg_id))
+                        status = 204
+                if state.delay:
+                    time.sleep(state.delay)
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def seen(self) -> int:
+        """How many requests were accepted so far."""
+        with self.lock:
+            return len(self.ids)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _body_id(raw: bytes) -> object:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body.get("id") if isinstance(body, dict) else None
 
 
 def _leaves(value: object) -> Iterable[str]:

@@ -372,3 +372,24 @@ def test_generate_secret_format() -> None:
     first, second = generate_secret(), generate_secret()
     assert first.startswith("whsec_") and first != second
     assert len(base64.b64decode(first.removeprefix("whsec_"))) == 32
+
+
+def test_the_testing_receiver_counts_signed_requests_and_refuses_others() -> None:
+    """sangkien.testing.WebhookReceiver: a signed request counts by id (204); one signed
+    with another secret is refused (401, counted bad); with fail=1 every good one is
+    answered 503, which the adapter reports as a temporary failure."""
+    from sangkien.testing import WebhookReceiver
+
+    with WebhookReceiver(SECRET) as hooks:
+        with WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5) as good:
+            good.send(_message(f"{hooks.url}/a", id="msg_1"))
+            good.send(_message(f"{hooks.url}/a", id="msg_1"))  # a retry, the same id
+        other = WebhookAdapter(generate_secret(), allowed_hosts=["127.0.0.1"], timeout=5)
+        with other, pytest.raises(PermanentFailure, match="401"):
+            other.send(_message(f"{hooks.url}/a", id="msg_2"))
+        assert (hooks.ids, hooks.bad, hooks.seen()) == (["msg_1", "msg_1"], 1, 2)
+    with WebhookReceiver(SECRET, fail=1.0) as flaky:
+        good = WebhookAdapter(SECRET, allowed_hosts=["127.0.0.1"], timeout=5)
+        with good, pytest.raises(TemporaryFailure, match="503"):
+            good.send(_message(f"{flaky.url}/a", id="msg_3"))
+        assert (flaky.ids, flaky.refused, flaky.bad) == ([], 1, 0)

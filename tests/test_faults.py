@@ -37,11 +37,11 @@ import sqlalchemy as sa
 from pg_helpers import terminate, with_app
 from sqlalchemy import event
 from structlog.testing import capture_logs
-from webhook_receiver import Receiver, running_receiver
 
 from sangkien import Actor, Engine, FrozenClock, StoreError
 from sangkien.config.settings import Subscriber
 from sangkien.store import schema as t
+from sangkien.testing import WebhookReceiver
 
 HERE = Path(__file__).resolve().parent
 RACE = HERE / "workflows" / "race.yaml"
@@ -488,14 +488,14 @@ def _mid_batch(url: str) -> list[str]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver() -> Iterator[WebhookReceiver]:
     """A Standard Webhooks receiver on 127.0.0.1 checking every request's signature."""
-    with running_receiver(SECRET) as state:
+    with WebhookReceiver(SECRET) as state:
         yield state
 
 
 def _outbox_population(
-    url: str, receiver: Receiver, instances: int, log_rows: int
+    url: str, receiver: WebhookReceiver, instances: int, log_rows: int
 ) -> dict[str, set[str]]:
     """Webhook rows (2 per instance) and log-channel rows, all due; returns ids per channel."""
     setup = Engine(url, migrate=True, workflows=[EVENTS])
@@ -563,7 +563,7 @@ def _outbox_counts(url: str) -> dict[str, int]:
 
 @pytest.mark.postgresql
 def test_cli_workers_deliver_every_message_when_one_is_sigkilled(
-    pg_url: str, tmp_path: Path, receiver: Receiver, cli_workers: list[CliWorker]
+    pg_url: str, tmp_path: Path, receiver: WebhookReceiver, cli_workers: list[CliWorker]
 ) -> None:
     """Three workers deliver 500 webhooks and 500 log messages; one dies holding leases."""
     ids = _outbox_population(pg_url, receiver, instances=250, log_rows=500)

@@ -595,18 +595,25 @@ class _SlowReceiverAndARival:
         self.inner.send(message)
 
 
+def _slow_with_a_rival(
+    engine: Engine, each: timedelta, rival_at: int
+) -> tuple[_SlowReceiverAndARival, Dispatcher]:
+    """A dispatcher ("slow", lease 100 s) whose sends take *each*, and a rival ("rival",
+    the same lease) that runs a pass during the *rival_at*-th send."""
+    clock = engine.clock
+    assert isinstance(clock, FrozenClock)
+    rival = dispatcher(engine, lease=100, owner="rival")
+    slow = _SlowReceiverAndARival(clock, each, rival, at=rival_at)
+    return slow, Dispatcher(engine, {"webhook": slow}, lease=100, owner="slow")
+
+
 def test_a_batch_longer_than_the_lease_keeps_its_rows(
     many_events: tuple[Db, list[str]], receiver: Receiver
 ) -> None:
     """A slow batch (5 sends of 40 s against a 100 s lease) renews its lease as it goes: a
     rival dispatcher polling 160 s in takes none of its rows, so none is sent twice."""
     db, ids = many_events
-    engine = db.engine
-    clock = engine.clock
-    assert isinstance(clock, FrozenClock)
-    rival = dispatcher(engine, lease=100, owner="rival")
-    slow = _SlowReceiverAndARival(clock, timedelta(seconds=40), rival, at=4)
-    d = Dispatcher(engine, {"webhook": slow}, lease=100, owner="slow")
+    slow, d = _slow_with_a_rival(db.engine, timedelta(seconds=40), rival_at=4)
     result = d.dispatch(limit=5)
     assert (result.claimed, result.delivered) == (5, 5)
     assert slow.rival_claimed == 7  # the rows nobody held; none of the slow batch
@@ -621,12 +628,7 @@ def test_rows_whose_lease_ran_out_are_left_to_their_new_holder(
     """One send outlasts the whole lease: the rival takes the rest over, and the slow
     dispatcher, renewing, finds them gone and sends none of them (one line says so)."""
     db, ids = many_events
-    engine = db.engine
-    clock = engine.clock
-    assert isinstance(clock, FrozenClock)
-    rival = dispatcher(engine, lease=100, owner="rival")
-    slow = _SlowReceiverAndARival(clock, timedelta(seconds=150), rival, at=1)
-    d = Dispatcher(engine, {"webhook": slow}, lease=100, owner="slow")
+    slow, d = _slow_with_a_rival(db.engine, timedelta(seconds=150), rival_at=1)
     with capture_logs() as logs:
         result = d.dispatch(limit=5)
     # the first send (150 s) let the lease run out: the rival, polling during it, took

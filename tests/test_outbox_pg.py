@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
-from webhook_receiver import Receiver, running_receiver
 
 from sangkien import Actor, Engine, StoreError
 from sangkien.config.settings import Subscriber
 from sangkien.outbox import counts, list_messages
 from sangkien.store import schema as t
 from sangkien.store.db import create_db_engine
+from sangkien.testing import WebhookReceiver
 
 pytestmark = pytest.mark.postgresql
 
@@ -76,14 +76,14 @@ DISPATCHER = textwrap.dedent(
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver() -> Iterator[WebhookReceiver]:
     """A Standard Webhooks receiver on 127.0.0.1 checking every request's signature."""
-    with running_receiver(SECRET) as state:
+    with WebhookReceiver(SECRET) as state:
         yield state
 
 
 @pytest.fixture
-def thousand_rows(pg_url: str, receiver: Receiver) -> Iterator[tuple[str, list[str]]]:
+def thousand_rows(pg_url: str, receiver: WebhookReceiver) -> Iterator[tuple[str, list[str]]]:
     """~1,000 pending event rows in a fresh schema; yields (url, row ids)."""
     subs = [
         Subscriber(url=f"{receiver.url}/hooks/a"),
@@ -130,7 +130,7 @@ def statuses(url: str) -> dict[str, int]:
 
 
 def test_two_processes_deliver_each_message_exactly_once(
-    thousand_rows: tuple[str, list[str]], receiver: Receiver, tmp_path: Path
+    thousand_rows: tuple[str, list[str]], receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     """Two dispatcher processes share 1,000 rows: each id arrives once, every row delivered."""
     url, ids = thousand_rows
@@ -151,7 +151,7 @@ def test_two_processes_deliver_each_message_exactly_once(
 
 
 def test_sigkilled_process_leases_are_recovered(
-    thousand_rows: tuple[str, list[str]], receiver: Receiver, tmp_path: Path
+    thousand_rows: tuple[str, list[str]], receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     """One of two dispatchers is SIGKILLed mid-run: the survivor takes its leases over after 2 s."""
     url, ids = thousand_rows
@@ -235,7 +235,7 @@ def _outage_role(pg_url: str) -> Iterator[tuple[sa.Engine, str, str]]:
         admin.dispose()
 
 
-def _closed_instances(pg_url: str, receiver: Receiver, n: int) -> None:
+def _closed_instances(pg_url: str, receiver: WebhookReceiver, n: int) -> None:
     """*n* notify_events instances started and closed: two pending webhooks each."""
     subs = [Subscriber(url=f"{receiver.url}/hooks/a")]
     with Engine(pg_url, migrate=True, workflows=[EVENTS], subscribers=subs) as engine:
@@ -249,7 +249,7 @@ def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
-    pg_url: str, receiver: Receiver
+    pg_url: str, receiver: WebhookReceiver
 ) -> None:
     """The database goes away mid-batch: the pass fails, and the next one (the database
     back) records the outcome it could not record and sends the rest at once, instead of
@@ -291,7 +291,7 @@ def test_a_pass_the_database_cut_short_gives_the_rest_back_at_once(
 
 
 def test_a_late_record_leaves_a_row_another_dispatcher_claimed_alone(
-    pg_url: str, receiver: Receiver
+    pg_url: str, receiver: WebhookReceiver
 ) -> None:
     """The lease ran out while the database was away and another dispatcher claimed the
     row: the late record does not touch it (the other sends it again, with the same id)."""
