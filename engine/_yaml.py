@@ -16,7 +16,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
-from sangkien.errors import DefinitionError, Problem
+from sangkien.errors import DefinitionError, Problem, first_line
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "Located", "load_yaml"]
 
@@ -288,8 +288,7 @@ def load_yaml(source: str | bytes, file: str = "<string>") -> Located:
     except RecursionError:
         raise DefinitionError([Problem(file, 1, 1, "document is nested too deeply")]) from None
     except (YAMLError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DefinitionError([Problem(file, 1, 1, f"YAML syntax: {first}")]) from None
+        raise DefinitionError([Problem(file, 1, 1, f"YAML syntax: {first_line(exc)}")]) from None
     doc = Located(data=None, file=file, text=text)
     if node is None:
         raise DefinitionError([Problem(file, 1, 1, "file is empty; expected a workflow mapping")])

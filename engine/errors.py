@@ -141,3 +141,10 @@ class StoreConflict(StoreError):
 
 class SchemaOutOfDate(StoreError):
     """The database schema is behind this version of sangkien; run ``sangkien db upgrade``."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of *exc*'s message (for a log field or a one-line error), or its
+    type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,14 +23,14 @@ import socket
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
 
-from sangkien.errors import InstanceNotFound, SangkienError
+from sangkien.errors import InstanceNotFound, SangkienError, first_line
 from sangkien.logs import when_committed
 from sangkien.notifications import (
     NotificationAdapter,
@@ -692,13 +692,14 @@ class Dispatcher:
         queue = deque(self.claim(limit, renewed))
         result.claimed = len(queue)
         while queue:
-            if (now or clock.now()) - renewed >= timedelta(seconds=self.lease / 3):
+            at = now or clock.now()
+            if at - renewed >= timedelta(seconds=self.lease / 3):
                 try:
-                    renewed, kept = self._renew(list(queue), now or clock.now())
+                    queue = deque(self._renew(list(queue), at))
                 except BaseException:
                     self._stranded = _Stranded(unsent=[r.id for r in queue])
                     raise
-                queue = deque(kept)
+                renewed = at
                 if not queue:
                     break
             row = queue.popleft()
@@ -744,7 +745,7 @@ class Dispatcher:
             "outbox.outcome_unrecordable",
             message_id=row.id,
             outcome=sent.outcome,
-            error=_first_line(exc),
+            error=first_line(exc),
         )
         gone = row.attempts >= self.max_attempts
         o = t.outbox
@@ -780,13 +781,13 @@ class Dispatcher:
                 owner=self.owner,
                 unrecorded=held.unrecorded.row.id if held and held.unrecorded else None,
                 unsent=len(held.unsent) if held else 0,
-                error=_first_line(exc),
+                error=first_line(exc),
             )
             return False
         return True
 
-    def _renew(self, rows: list[Any], now: datetime) -> tuple[datetime, list[Any]]:
-        """Extend the lease on *rows* still leased to us; return (now, those rows)."""
+    def _renew(self, rows: list[Any], now: datetime) -> list[Any]:
+        """Extend the lease on *rows* still leased to us from *now*; return those rows."""
         o = t.outbox
         ids = [r.id for r in rows]
         held = sa.and_(o.c.id.in_(ids), o.c.lease_owner == self.owner, o.c.status == "delivering")
@@ -797,7 +798,7 @@ class Dispatcher:
             kept = {r.id for r in conn.execute(sa.select(o.c.id).where(held))}
         if len(kept) < len(ids):
             self._lease_lost([i for i in ids if i not in kept])
-        return now, [r for r in rows if r.id in kept]
+        return [r for r in rows if r.id in kept]
 
     def _lease_lost(self, ids: list[str]) -> None:
         """Rows this dispatcher claimed but no longer holds: their lease ran out (another
@@ -936,8 +937,8 @@ class Dispatcher:
         total = DispatchResult()
         while True:
             r = self.dispatch(limit=limit)
-            for f in ("claimed", "delivered", "retried", "dead", "recorded_late"):
-                setattr(total, f, getattr(total, f) + getattr(r, f))
+            for f in fields(DispatchResult):
+                setattr(total, f.name, getattr(total, f.name) + getattr(r, f.name))
             if r.claimed < limit:
                 return total
 
@@ -947,11 +948,6 @@ def _storable(error: str) -> str:
     PostgreSQL refuses in text, or undecodable bytes (lone surrogates), which no UTF-8
     column takes; both are written escaped."""
     return error.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _database_away(exc: BaseException, engine: Engine) -> bool:

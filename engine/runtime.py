@@ -47,6 +47,7 @@ from sangkien.errors import (
     StoreError,
     TransitionNotAllowed,
     WorkflowNotFound,
+    first_line,
 )
 from sangkien.expressions import ExpressionError
 from sangkien.fields import check_data, check_value, normalize
@@ -1553,7 +1554,7 @@ def _store_error(exc: sa.exc.SQLAlchemyError) -> SangkienError:
         if "sk_events" in text or "instance_id, seq" in text or "sk_idempotency" in text:
             return StoreConflict(f"a concurrent writer got there first; retry: {exc.orig}")
     orig = getattr(exc, "orig", None) or exc
-    message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    message = first_line(orig)
     low = message.lower()
     if "readonly" in low or "read-only" in low or "read only" in low:
         return StoreError(f"the database is read-only: {message}")

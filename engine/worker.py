@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from sangkien.errors import first_line
 from sangkien.runtime import Engine
 
 __all__ = ["Worker"]
@@ -40,7 +41,7 @@ class Worker:
         try:
             result = self.engine.tick(limit=self.batch)
         except Exception as exc:  # the loop must survive a database restart
-            log.error("worker.tick_failed", error=str(exc).splitlines()[0])
+            log.error("worker.tick_failed", error=first_line(exc))
             return None
         if result.processed or result.retried:
             log.info(
@@ -59,7 +60,7 @@ class Worker:
         try:
             result = self.dispatcher.run(limit=self.batch)
         except Exception as exc:  # the loop must survive a database restart
-            log.error("worker.dispatch_failed", error=str(exc).splitlines()[0])
+            log.error("worker.dispatch_failed", error=first_line(exc))
             return None
         if result.claimed or result.recorded_late:
             log.info(

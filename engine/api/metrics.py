@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sangkien.errors import first_line
 from sangkien.outbox import counts
 from sangkien.runtime import Engine
 
@@ -40,7 +41,7 @@ class _OutboxCollector(Collector):
         try:
             found = counts(self.engine)
         except Exception as exc:  # a scrape must not fail because the database is down
-            log.warning("metrics.outbox_unavailable", error=str(exc).splitlines()[0])
+            log.warning("metrics.outbox_unavailable", error=first_line(exc))
             return
         for status in sorted({"pending", "dead", *found}):
             family.add_metric([status], found.get(status, 0))

@@ -17,7 +17,7 @@ from sangkien.api.schemas import (
     RetryRequest,
     RetryResult,
 )
-from sangkien.errors import InstanceNotFound
+from sangkien.errors import InstanceNotFound, first_line
 from sangkien.model import Actor
 from sangkien.outbox import counts, get_message, list_messages, retry_dead
 
@@ -105,7 +105,7 @@ def health_router(ctx: ApiContext) -> APIRouter:
             with engine._read() as conn:
                 conn.execute(sa.text("SELECT 1")).scalar_one()
         except Exception as exc:
-            log.warning("api.not_ready", error=str(exc).splitlines()[0] if str(exc) else "")
+            log.warning("api.not_ready", error=first_line(exc))
             raise ApiError(
                 503,
                 "not-ready",
