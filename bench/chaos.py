@@ -139,31 +139,25 @@ def _populate(url: str, wf: Path, n: int) -> None:
     setup.close()
 
 
-def _scalar(url: str, q: Any) -> Any:
-    db = sa.create_engine(url)
-    try:
-        with db.connect() as conn:
-            return conn.execute(q).all()
-    finally:
-        db.dispose()
-
-
 def _progress(url: str) -> tuple[int, dict[str, int]] | None:
     """(due timers still pending, outbox rows by status); None while the database is away."""
     from sangkien.store import schema as t
 
+    db = sa.create_engine(url)
     try:
-        due = _scalar(
-            url,
-            sa.select(sa.func.count())
-            .select_from(t.timers)
-            .where(t.timers.c.status == "pending", t.timers.c.fire_at <= datetime.now(UTC)),
-        )[0][0]
-        rows = _scalar(
-            url, sa.select(t.outbox.c.status, sa.func.count()).group_by(t.outbox.c.status)
-        )
+        with db.connect() as conn:
+            due = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.timers)
+                .where(t.timers.c.status == "pending", t.timers.c.fire_at <= datetime.now(UTC))
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(t.outbox.c.status, sa.func.count()).group_by(t.outbox.c.status)
+            ).all()
     except sa.exc.OperationalError:
         return None
+    finally:
+        db.dispose()
     return int(due), {s: int(c) for s, c in rows}
 
 
